@@ -1,0 +1,8 @@
+//! The plain-Rust reference: every GPU kernel has its twin here, written for clarity, in f64.
+
+pub mod activation;
+pub mod adam;
+pub mod elbo;
+pub mod matmul;
+pub mod philox;
+pub mod reduce;

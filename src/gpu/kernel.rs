@@ -1,0 +1,217 @@
+//! Compute pipelines with explicit bind-group layouts, and the recorded dispatches built on them.
+
+use super::{Gpu, GpuError, Result, View};
+
+/// What each binding of a kernel is, in binding order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// A compiled compute pipeline and its bind-group layout.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub label: String,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub slots: Vec<Slot>,
+}
+
+/// What to bind to one slot.
+pub enum Binding<'a> {
+    Uniform(&'a wgpu::Buffer),
+    Storage(&'a View),
+    /// The slot is not read by this kernel variant.
+    Unused,
+}
+
+/// One recorded dispatch: pipeline, bind group and grid, ready to be encoded any number of times.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub label: String,
+    pub pipeline: wgpu::ComputePipeline,
+    pub bind_group: wgpu::BindGroup,
+    pub groups: [u32; 3],
+}
+
+impl Dispatch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.groups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+impl Gpu {
+    /// Compiles `source` and builds a pipeline for `entry` with the given override constants.
+    /// Validation errors come back as `GpuError::Shader`, never as a panic.
+    pub fn kernel(
+        &self,
+        label: &str,
+        source: &str,
+        entry: &str,
+        slots: &[Slot],
+        constants: &[(&str, f64)],
+    ) -> Result<Kernel> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: match slot {
+                    Slot::Uniform => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    Slot::Read | Slot::ReadWrite => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: *slot == Slot::Read,
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                },
+                count: None,
+            })
+            .collect();
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(label),
+                entries: &entries,
+            });
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    // Every kernel writes its workgroup memory before reading it.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Shader {
+                label: label.to_string(),
+                reason: err.to_string(),
+            });
+        }
+        Ok(Kernel {
+            label: label.to_string(),
+            pipeline,
+            layout,
+            slots: slots.to_vec(),
+        })
+    }
+
+    /// Binds resources to a kernel's slots and fixes the grid.
+    pub fn dispatch(
+        &self,
+        kernel: &Kernel,
+        bindings: &[Binding<'_>],
+        groups: [u32; 3],
+    ) -> Result<Dispatch> {
+        if bindings.len() != kernel.slots.len() {
+            return Err(GpuError::Shape {
+                kernel: kernel.label.clone(),
+                reason: format!(
+                    "{} bindings given for {} slots",
+                    bindings.len(),
+                    kernel.slots.len()
+                ),
+            });
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(GpuError::AdapterTooSmall {
+                adapter: self.info.name.clone(),
+                what: format!("kernel `{}` grid {groups:?}", kernel.label),
+                limit: "max_compute_workgroups_per_dimension",
+                need: *groups.iter().max().unwrap_or(&0) as u64,
+                have: max as u64,
+            });
+        }
+        let placeholder = View::whole(&self.placeholder);
+        let entries: Vec<wgpu::BindGroupEntry> = bindings
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: match b {
+                    Binding::Uniform(buf) => buf.as_entire_binding(),
+                    Binding::Storage(view) => view.binding(),
+                    Binding::Unused => placeholder.binding(),
+                },
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&kernel.label),
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        Ok(Dispatch {
+            label: kernel.label.clone(),
+            pipeline: kernel.pipeline.clone(),
+            bind_group,
+            groups,
+        })
+    }
+
+    /// Records `dispatches` into one compute pass of one command buffer and submits it.
+    pub fn submit(&self, dispatches: &[&Dispatch]) {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        self.queue.submit([encoder.finish()]);
+    }
+
+    /// Submits and waits, reporting validation errors (tests and one-off jobs).
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.submit(dispatches);
+        let err = pollster::block_on(scope.pop());
+        self.wait("dispatch")?;
+        match err {
+            Some(e) => Err(self.runtime("dispatch", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// A 1-D grid of `n` workgroups folded into x/y so it stays under the per-dimension limit.
+    /// Kernels recover the flat index as `wid.y * num_workgroups.x + wid.x`.
+    pub fn grid_1d(&self, n: u32) -> [u32; 3] {
+        let max = self.limits.max_compute_workgroups_per_dimension.max(1);
+        if n <= max {
+            [n.max(1), 1, 1]
+        } else {
+            [max, n.div_ceil(max), 1]
+        }
+    }
+}

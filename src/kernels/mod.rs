@@ -1,0 +1,98 @@
+//! One Rust wrapper per `shaders/*.wgsl` family. Each wrapper compiles its pipelines once and
+//! hands out [`crate::gpu::Dispatch`]es bound to fixed buffers and shapes.
+
+pub mod activation;
+pub mod adam;
+pub mod elbo;
+pub mod matmul;
+pub mod reduce;
+pub mod sample;
+
+/// Every shader file, embedded at compile time so the binary runs from any directory.
+pub const SHADER_FILES: &[(&str, &str)] = &[
+    ("common.wgsl", include_str!("../../shaders/common.wgsl")),
+    ("activation.wgsl", include_str!("../../shaders/activation.wgsl")),
+    ("adam.wgsl", include_str!("../../shaders/adam.wgsl")),
+    ("elbo.wgsl", include_str!("../../shaders/elbo.wgsl")),
+    ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
+    ("matmul_subgroup.wgsl", include_str!("../../shaders/matmul_subgroup.wgsl")),
+    ("reduce.wgsl", include_str!("../../shaders/reduce.wgsl")),
+    ("sample.wgsl", include_str!("../../shaders/sample.wgsl")),
+];
+
+pub fn shader_file(name: &str) -> &'static str {
+    SHADER_FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .unwrap_or_else(|| panic!("no shader file {name}"))
+}
+
+/// A kernel family's full source: the shared helpers followed by the family's file.
+pub fn compose(family: &str) -> String {
+    format!("{}\n{}", shader_file("common.wgsl"), shader_file(family))
+}
+
+/// A compiled module as the GPU sees it: which file, which naga capabilities it needs.
+pub struct ModuleSpec {
+    pub family: &'static str,
+    pub needs_subgroups: bool,
+}
+
+/// Every module the engine builds; the naga test validates each of them.
+pub const MODULES: &[ModuleSpec] = &[
+    ModuleSpec { family: "activation.wgsl", needs_subgroups: false },
+    ModuleSpec { family: "adam.wgsl", needs_subgroups: false },
+    ModuleSpec { family: "elbo.wgsl", needs_subgroups: false },
+    ModuleSpec { family: "matmul.wgsl", needs_subgroups: false },
+    ModuleSpec { family: "matmul_subgroup.wgsl", needs_subgroups: true },
+    ModuleSpec { family: "reduce.wgsl", needs_subgroups: false },
+    ModuleSpec { family: "sample.wgsl", needs_subgroups: false },
+];
+
+/// Activation functions, numbered as in `shaders/common.wgsl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+pub enum Activation {
+    Identity = 0,
+    #[default]
+    Relu = 1,
+    LeakyRelu = 2,
+    Tanh = 3,
+    Sigmoid = 4,
+    Softplus = 5,
+    Elu = 6,
+    Gelu = 7,
+}
+
+impl Activation {
+    pub const ALL: [Activation; 8] = [
+        Self::Identity,
+        Self::Relu,
+        Self::LeakyRelu,
+        Self::Tanh,
+        Self::Sigmoid,
+        Self::Softplus,
+        Self::Elu,
+        Self::Gelu,
+    ];
+
+    pub fn id(self) -> u32 {
+        self as u32
+    }
+}
+
+/// Checks that a view holds at least `need` elements.
+pub(crate) fn check_len(
+    kernel: &str,
+    what: &str,
+    view: &crate::gpu::View,
+    need: u64,
+) -> crate::gpu::Result<()> {
+    if view.len < need {
+        return Err(crate::gpu::GpuError::Shape {
+            kernel: kernel.to_string(),
+            reason: format!("`{what}` holds {} elements, needs {need}", view.len),
+        });
+    }
+    Ok(())
+}
