@@ -6,3 +6,4 @@ pub mod elbo;
 pub mod matmul;
 pub mod philox;
 pub mod reduce;
+pub mod sample;
