@@ -1,1 +1,168 @@
-//! (in progress)
+//! Wrapper for `shaders/adam.wgsl`: one fused Adam/AdamW dispatch over a flat parameter buffer.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{check_len, compose};
+use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, Result, Slot, View};
+
+const WG: u32 = 256;
+const SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::ReadWrite,
+    Slot::Read,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+    Slot::Read,
+];
+
+/// Optimizer hyperparameters, PyTorch's names and defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// AdamW's decoupled weight decay instead of Adam's L2 term.
+    pub decoupled: bool,
+    /// Clip the global gradient norm to this value (0: no clipping).
+    pub max_norm: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            max_norm: 0.0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    bias_correction1: f32,
+    bias_correction2: f32,
+    max_norm: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    len4: u32,
+    _pad: u32,
+}
+
+pub struct AdamKernel {
+    kernel: Kernel,
+    cfg: AdamConfig,
+}
+
+/// A bound optimizer step: the dispatch plus the uniform buffer its per-step values live in.
+pub struct AdamStep {
+    pub dispatch: Dispatch,
+    params: wgpu::Buffer,
+    len4: u32,
+    cfg: AdamConfig,
+}
+
+impl AdamKernel {
+    pub fn new(gpu: &Gpu, cfg: AdamConfig) -> Result<Self> {
+        let kernel = gpu.kernel(
+            if cfg.decoupled { "adamw" } else { "adam" },
+            &compose("adam.wgsl"),
+            "step",
+            SLOTS,
+            &[("DECOUPLED", cfg.decoupled as u8 as f64)],
+        )?;
+        Ok(Self { kernel, cfg })
+    }
+
+    /// Binds the flat buffers (all `len` elements, `len` a multiple of 4). `grad_sumsq` holds the
+    /// squared global gradient norm in element 0 and is required when `max_norm > 0`.
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        len: u64,
+        param: &View,
+        grad: &View,
+        m1: &View,
+        m2: &View,
+        grad_sumsq: Option<&View>,
+    ) -> Result<AdamStep> {
+        let label = &self.kernel.label;
+        if len % 4 != 0 {
+            return Err(GpuError::Shape {
+                kernel: label.clone(),
+                reason: format!("flat parameter length {len} is not a multiple of 4"),
+            });
+        }
+        for (name, v) in [("param", param), ("grad", grad), ("m1", m1), ("m2", m2)] {
+            check_len(label, name, v, len)?;
+        }
+        if self.cfg.max_norm > 0.0 && grad_sumsq.is_none() {
+            return Err(GpuError::Shape {
+                kernel: label.clone(),
+                reason: "clipping needs the gradient's sum of squares".into(),
+            });
+        }
+        let len4 = (len / 4) as u32;
+        let params = gpu.uniform(label, &step_params(&self.cfg, 1, len4));
+        let sumsq = grad_sumsq.map_or(Binding::Unused, Binding::Storage);
+        let dispatch = gpu.dispatch(
+            &self.kernel,
+            &[
+                Binding::Uniform(&params),
+                Binding::Storage(param),
+                Binding::Storage(grad),
+                Binding::Storage(m1),
+                Binding::Storage(m2),
+                sumsq,
+            ],
+            gpu.grid_1d(len4.div_ceil(WG)),
+        )?;
+        Ok(AdamStep {
+            dispatch,
+            params,
+            len4,
+            cfg: self.cfg,
+        })
+    }
+}
+
+impl AdamStep {
+    /// Sets the step number `t` (1-based) and learning rate for the next submitted step.
+    pub fn prepare(&self, gpu: &Gpu, t: u64, lr: f64) {
+        let cfg = AdamConfig { lr, ..self.cfg };
+        gpu.queue.write_buffer(
+            &self.params,
+            0,
+            bytemuck::bytes_of(&step_params(&cfg, t, self.len4)),
+        );
+    }
+}
+
+fn step_params(cfg: &AdamConfig, t: u64, len4: u32) -> Params {
+    let t = t.max(1) as i32;
+    Params {
+        lr: cfg.lr as f32,
+        beta1: cfg.beta1 as f32,
+        beta2: cfg.beta2 as f32,
+        eps: cfg.eps as f32,
+        weight_decay: cfg.weight_decay as f32,
+        bias_correction1: (1.0 - cfg.beta1.powi(t)) as f32,
+        bias_correction2: (1.0 - cfg.beta2.powi(t)) as f32,
+        max_norm: cfg.max_norm as f32,
+        one_minus_beta1: (1.0 - cfg.beta1) as f32,
+        one_minus_beta2: (1.0 - cfg.beta2) as f32,
+        len4,
+        _pad: 0,
+    }
+}
