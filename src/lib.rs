@@ -4,6 +4,7 @@
 //! - [`kernels`]: one Rust wrapper per `shaders/*.wgsl` family.
 //! - [`cpu`]: the plain-Rust reference every kernel is tested against.
 
+pub mod cli;
 pub mod cpu;
 pub mod gpu;
 pub mod kernels;

@@ -69,14 +69,18 @@ fn activations_match_cpu_reference() {
         let out = gpu.zeros("out", x.len() as u64).unwrap();
         for act in Activation::ALL {
             let name = format!("{act:?} forward on {}", gpu.describe());
-            gpu.run(&[&kernels.forward(&gpu, act, &xv, &out).unwrap()]).unwrap();
+            gpu.run(&[&kernels.forward(&gpu, act, &xv, &out).unwrap()])
+                .unwrap();
             let got: Vec<f32> = gpu.read(&out).unwrap();
             let want: Vec<f64> = x.iter().map(|&v| cpu::forward(act, v as f64)).collect();
             // The reference is rounded to f32 first: the GPU cannot do better than that.
-            assert_close(&name, &got, &want, |i| tolerance(act, x[i], want[i].abs()) + (want[i] as f32 as f64 - want[i]).abs());
+            assert_close(&name, &got, &want, |i| {
+                tolerance(act, x[i], want[i].abs()) + (want[i] as f32 as f64 - want[i]).abs()
+            });
 
             let name = format!("{act:?} backward on {}", gpu.describe());
-            gpu.run(&[&kernels.backward(&gpu, act, &xv, &dyv, &out).unwrap()]).unwrap();
+            gpu.run(&[&kernels.backward(&gpu, act, &xv, &dyv, &out).unwrap()])
+                .unwrap();
             let got: Vec<f32> = gpu.read(&out).unwrap();
             let want: Vec<f64> = x
                 .iter()

@@ -5,7 +5,7 @@ mod common;
 use common::{Lcg, U32, all_gpus, assert_close, to_f64};
 use vae_wgpu::cpu::adam::{self as cpu, AdamState};
 use vae_wgpu::cpu::reduce::sum_of_squares;
-use vae_wgpu::kernels::adam::{AdamConfig, AdamKernel};
+use vae_wgpu::kernels::adam::{AdamBuffers, AdamConfig, AdamKernel};
 
 const STEPS: usize = 6;
 
@@ -17,7 +17,7 @@ fn grads(rng: &mut Lcg, len: usize, step: usize) -> Vec<f32> {
     g[2] = -1e-20;
     g[3] = 1e6;
     g[4] = -1e6;
-    g[5] = if step % 2 == 0 { 3.0 } else { -3.0 };
+    g[5] = if step.is_multiple_of(2) { 3.0 } else { -3.0 };
     g
 }
 
@@ -35,7 +35,13 @@ fn run_case(cfg: AdamConfig, len: usize) {
         let m1 = gpu.zeros("m1", len as u64).unwrap();
         let m2 = gpu.zeros("m2", len as u64).unwrap();
         let sumsq = gpu.zeros("sumsq", 1).unwrap();
-        let step = kernel.bind(&gpu, len as u64, &pv, &gv, &m1, &m2, Some(&sumsq)).unwrap();
+        let bufs = AdamBuffers {
+            param: &pv,
+            grad: &gv,
+            m1: &m1,
+            m2: &m2,
+        };
+        let step = kernel.bind(&gpu, len as u64, &bufs, Some(&sumsq)).unwrap();
         // Σ_t |update_t| per element: the rounding of each update is relative to its size.
         let mut moved = vec![0.0f64; len];
         // m1 sums gradients of both signs: its rounding is relative to Σ β1^k (1-β1) |g_k|.
@@ -53,7 +59,10 @@ fn run_case(cfg: AdamConfig, len: usize) {
             for (s, (g, p)) in m1_scale.iter_mut().zip(g64.iter().zip(&before)) {
                 *s = cfg.beta1 * *s + (1.0 - cfg.beta1) * (g.abs() + cfg.weight_decay * p.abs());
             }
-            moved.iter_mut().zip(before.iter().zip(&p_ref)).for_each(|(m, (b, a))| *m += (a - b).abs());
+            moved
+                .iter_mut()
+                .zip(before.iter().zip(&p_ref))
+                .for_each(|(m, (b, a))| *m += (a - b).abs());
         }
         // Each step rounds p (1 u relative) and forms the update from ~12 f32 operations,
         // including f32 bias corrections and an f32 sqrt: 16 u of the update's size per step,
@@ -66,8 +75,12 @@ fn run_case(cfg: AdamConfig, len: usize) {
         // Moments: m1 is a convex combination of the gradients seen, each rounded a few times.
         let got_m1: Vec<f32> = gpu.read(&m1).unwrap();
         let got_m2: Vec<f32> = gpu.read(&m2).unwrap();
-        assert_close("m1", &got_m1, &state.m1, |i| 8.0 * STEPS as f64 * U32 * m1_scale[i] + 1e-37);
-        assert_close("m2", &got_m2, &state.m2, |i| 8.0 * STEPS as f64 * U32 * state.m2[i].abs() + 1e-37);
+        assert_close("m1", &got_m1, &state.m1, |i| {
+            8.0 * STEPS as f64 * U32 * m1_scale[i] + 1e-37
+        });
+        assert_close("m2", &got_m2, &state.m2, |i| {
+            8.0 * STEPS as f64 * U32 * state.m2[i].abs() + 1e-37
+        });
     }
 }
 
@@ -78,13 +91,22 @@ fn adam_matches_torch_reference() {
 
 #[test]
 fn adam_with_l2_and_clipping_matches_reference() {
-    let cfg = AdamConfig { weight_decay: 1e-2, max_norm: 5.0, ..AdamConfig::default() };
+    let cfg = AdamConfig {
+        weight_decay: 1e-2,
+        max_norm: 5.0,
+        ..AdamConfig::default()
+    };
     run_case(cfg, 4 * 1001);
 }
 
 #[test]
 fn adamw_matches_reference() {
-    let cfg = AdamConfig { lr: 3e-3, weight_decay: 0.05, decoupled: true, ..AdamConfig::default() };
+    let cfg = AdamConfig {
+        lr: 3e-3,
+        weight_decay: 0.05,
+        decoupled: true,
+        ..AdamConfig::default()
+    };
     run_case(cfg, 4 * 65);
 }
 
@@ -93,6 +115,12 @@ fn odd_length_is_rejected_with_a_clear_error() {
     let gpu = all_gpus().remove(0);
     let kernel = AdamKernel::new(&gpu, AdamConfig::default()).unwrap();
     let v = gpu.zeros("v", 7).unwrap();
-    let err = kernel.bind(&gpu, 7, &v, &v, &v, &v, None).err().expect("must fail");
+    let bufs = AdamBuffers {
+        param: &v,
+        grad: &v,
+        m1: &v,
+        m2: &v,
+    };
+    let err = kernel.bind(&gpu, 7, &bufs, None).err().expect("must fail");
     assert!(err.to_string().contains("multiple of 4"), "{err}");
 }

@@ -29,15 +29,22 @@ fn column_sums_match_cpu() {
             let abs_sums = cpu::column_sums(rows, cols, &abs);
             // Plain, then accumulate into what is there.
             for accumulate in [false, true] {
-                gpu.run(&[&k.column_sums(&gpu, rows as u32, cols as u32, &xv, &out, accumulate).unwrap()])
+                gpu.run(&[&k
+                    .column_sums(&gpu, rows as u32, cols as u32, &xv, &out, accumulate)
+                    .unwrap()])
                     .unwrap();
                 let got: Vec<f32> = gpu.read(&out).unwrap();
                 let mut want = cpu::column_sums(rows, cols, &x64);
                 if accumulate {
                     want.iter_mut().for_each(|w| *w *= 2.0);
                 }
-                let what = format!("column_sums {rows}x{cols} acc={accumulate} on {}", gpu.describe());
-                assert_close(&what, &got, &want, |c| gamma(rows as f64 + 2.0) * 2.0 * abs_sums[c]);
+                let what = format!(
+                    "column_sums {rows}x{cols} acc={accumulate} on {}",
+                    gpu.describe()
+                );
+                assert_close(&what, &got, &want, |c| {
+                    gamma(rows as f64 + 2.0) * 2.0 * abs_sums[c]
+                });
             }
         }
     }
@@ -60,7 +67,9 @@ fn sums_and_sums_of_squares_match_cpu() {
             let groups = len.div_ceil(256 * 16) as f64;
             let chain = 16.0 + 8.0 + (groups / 256.0).ceil() + 8.0 + 1.0;
             for of in [SumOf::Values, SumOf::Squares] {
-                let s = k.sum(&gpu, of, len as u32, &xv, &out, Some(&running)).unwrap();
+                let s = k
+                    .sum(&gpu, of, len as u32, &xv, &out, Some(&running))
+                    .unwrap();
                 gpu.run(&s.dispatches()).unwrap();
                 let got: Vec<f32> = gpu.read(&out).unwrap();
                 let (want, abs) = match of {
@@ -76,7 +85,9 @@ fn sums_and_sums_of_squares_match_cpu() {
             let r: Vec<f32> = gpu.read(&running).unwrap();
             let want = 10.0 + cpu::sum(&x64) + cpu::sum_of_squares(&x64);
             let abs = 10.0 + x64.iter().map(|v| v.abs()).sum::<f64>() + cpu::sum_of_squares(&x64);
-            assert_close("running accumulator", &r, &[want], |_| gamma(chain + 3.0) * abs);
+            assert_close("running accumulator", &r, &[want], |_| {
+                gamma(chain + 3.0) * abs
+            });
         }
     }
 }

@@ -1,1 +1,12 @@
-fn main(){}
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = vae_wgpu::cli::Cli::parse();
+    match vae_wgpu::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -12,7 +12,11 @@ pub struct AdamState {
 
 impl AdamState {
     pub fn new(len: usize) -> Self {
-        Self { m1: vec![0.0; len], m2: vec![0.0; len], t: 0 }
+        Self {
+            m1: vec![0.0; len],
+            m2: vec![0.0; len],
+            t: 0,
+        }
     }
 }
 

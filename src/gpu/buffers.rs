@@ -109,7 +109,10 @@ impl Gpu {
     }
 
     pub fn write<T: bytemuck::Pod>(&self, view: &View, data: &[T]) {
-        assert!(data.len() as u64 <= view.len, "write past the end of a view");
+        assert!(
+            data.len() as u64 <= view.len,
+            "write past the end of a view"
+        );
         self.queue
             .write_buffer(&view.buffer, view.offset * 4, bytemuck::cast_slice(data));
     }
@@ -128,7 +131,13 @@ impl Gpu {
         let mut encoder = self.device.create_command_encoder(&Default::default());
         let copy = bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
         let available = view.buffer.size() - view.offset * 4;
-        encoder.copy_buffer_to_buffer(&view.buffer, view.offset * 4, &staging, 0, copy.min(available));
+        encoder.copy_buffer_to_buffer(
+            &view.buffer,
+            view.offset * 4,
+            &staging,
+            0,
+            copy.min(available),
+        );
         self.queue.submit([encoder.finish()]);
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();

@@ -69,9 +69,15 @@ pub fn enumerate(backend: BackendChoice) -> Vec<wgpu::Adapter> {
 
 pub fn is_software(info: &wgpu::AdapterInfo) -> bool {
     info.device_type == wgpu::DeviceType::Cpu
-        || ["llvmpipe", "lavapipe", "swiftshader", "warp", "microsoft basic render"]
-            .iter()
-            .any(|s| info.name.to_lowercase().contains(s))
+        || [
+            "llvmpipe",
+            "lavapipe",
+            "swiftshader",
+            "warp",
+            "microsoft basic render",
+        ]
+        .iter()
+        .any(|s| info.name.to_lowercase().contains(s))
 }
 
 /// Adapter preference when the user names none: discrete > integrated > virtual > other > cpu,

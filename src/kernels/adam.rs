@@ -60,6 +60,15 @@ struct Params {
     _pad: u32,
 }
 
+/// The flat buffers one optimizer step reads and writes, each `len` elements.
+pub struct AdamBuffers<'a> {
+    pub param: &'a View,
+    pub grad: &'a View,
+    /// First and second moments.
+    pub m1: &'a View,
+    pub m2: &'a View,
+}
+
 pub struct AdamKernel {
     kernel: Kernel,
     cfg: AdamConfig,
@@ -85,26 +94,28 @@ impl AdamKernel {
         Ok(Self { kernel, cfg })
     }
 
-    /// Binds the flat buffers (all `len` elements, `len` a multiple of 4). `grad_sumsq` holds the
+    /// Binds the flat buffers (`len` elements each, `len` a multiple of 4). `grad_sumsq` holds the
     /// squared global gradient norm in element 0 and is required when `max_norm > 0`.
     pub fn bind(
         &self,
         gpu: &Gpu,
         len: u64,
-        param: &View,
-        grad: &View,
-        m1: &View,
-        m2: &View,
+        bufs: &AdamBuffers<'_>,
         grad_sumsq: Option<&View>,
     ) -> Result<AdamStep> {
         let label = &self.kernel.label;
-        if len % 4 != 0 {
+        if !len.is_multiple_of(4) {
             return Err(GpuError::Shape {
                 kernel: label.clone(),
                 reason: format!("flat parameter length {len} is not a multiple of 4"),
             });
         }
-        for (name, v) in [("param", param), ("grad", grad), ("m1", m1), ("m2", m2)] {
+        for (name, v) in [
+            ("param", bufs.param),
+            ("grad", bufs.grad),
+            ("m1", bufs.m1),
+            ("m2", bufs.m2),
+        ] {
             check_len(label, name, v, len)?;
         }
         if self.cfg.max_norm > 0.0 && grad_sumsq.is_none() {
@@ -120,10 +131,10 @@ impl AdamKernel {
             &self.kernel,
             &[
                 Binding::Uniform(&params),
-                Binding::Storage(param),
-                Binding::Storage(grad),
-                Binding::Storage(m1),
-                Binding::Storage(m2),
+                Binding::Storage(bufs.param),
+                Binding::Storage(bufs.grad),
+                Binding::Storage(bufs.m1),
+                Binding::Storage(bufs.m2),
                 sumsq,
             ],
             gpu.grid_1d(len4.div_ceil(WG)),

@@ -11,11 +11,17 @@ pub mod sample;
 /// Every shader file, embedded at compile time so the binary runs from any directory.
 pub const SHADER_FILES: &[(&str, &str)] = &[
     ("common.wgsl", include_str!("../../shaders/common.wgsl")),
-    ("activation.wgsl", include_str!("../../shaders/activation.wgsl")),
+    (
+        "activation.wgsl",
+        include_str!("../../shaders/activation.wgsl"),
+    ),
     ("adam.wgsl", include_str!("../../shaders/adam.wgsl")),
     ("elbo.wgsl", include_str!("../../shaders/elbo.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
-    ("matmul_subgroup.wgsl", include_str!("../../shaders/matmul_subgroup.wgsl")),
+    (
+        "matmul_subgroup.wgsl",
+        include_str!("../../shaders/matmul_subgroup.wgsl"),
+    ),
     ("reduce.wgsl", include_str!("../../shaders/reduce.wgsl")),
     ("sample.wgsl", include_str!("../../shaders/sample.wgsl")),
 ];
@@ -41,13 +47,34 @@ pub struct ModuleSpec {
 
 /// Every module the engine builds; the naga test validates each of them.
 pub const MODULES: &[ModuleSpec] = &[
-    ModuleSpec { family: "activation.wgsl", needs_subgroups: false },
-    ModuleSpec { family: "adam.wgsl", needs_subgroups: false },
-    ModuleSpec { family: "elbo.wgsl", needs_subgroups: false },
-    ModuleSpec { family: "matmul.wgsl", needs_subgroups: false },
-    ModuleSpec { family: "matmul_subgroup.wgsl", needs_subgroups: true },
-    ModuleSpec { family: "reduce.wgsl", needs_subgroups: false },
-    ModuleSpec { family: "sample.wgsl", needs_subgroups: false },
+    ModuleSpec {
+        family: "activation.wgsl",
+        needs_subgroups: false,
+    },
+    ModuleSpec {
+        family: "adam.wgsl",
+        needs_subgroups: false,
+    },
+    ModuleSpec {
+        family: "elbo.wgsl",
+        needs_subgroups: false,
+    },
+    ModuleSpec {
+        family: "matmul.wgsl",
+        needs_subgroups: false,
+    },
+    ModuleSpec {
+        family: "matmul_subgroup.wgsl",
+        needs_subgroups: true,
+    },
+    ModuleSpec {
+        family: "reduce.wgsl",
+        needs_subgroups: false,
+    },
+    ModuleSpec {
+        family: "sample.wgsl",
+        needs_subgroups: false,
+    },
 ];
 
 /// Activation functions, numbered as in `shaders/common.wgsl`.

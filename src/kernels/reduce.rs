@@ -48,19 +48,35 @@ impl ReduceKernels {
     pub fn new(gpu: &Gpu) -> Result<Self> {
         let src = compose("reduce.wgsl");
         let build = |entry: &str, square: bool, acc: bool| {
-            let label = format!("reduce.{entry}{}{}", if square { ".sq" } else { "" }, if acc { ".acc" } else { "" });
+            let label = format!(
+                "reduce.{entry}{}{}",
+                if square { ".sq" } else { "" },
+                if acc { ".acc" } else { "" }
+            );
             gpu.kernel(
                 &label,
                 &src,
                 entry,
                 SLOTS,
-                &[("SQUARE", square as u8 as f64), ("ACCUMULATE", acc as u8 as f64)],
+                &[
+                    ("SQUARE", square as u8 as f64),
+                    ("ACCUMULATE", acc as u8 as f64),
+                ],
             )
         };
         Ok(Self {
-            column_sums: [build("column_sums", false, false)?, build("column_sums", false, true)?],
-            partial: [build("partial_sums", false, false)?, build("partial_sums", true, false)?],
-            finish: [build("finish_sum", false, false)?, build("finish_sum", false, true)?],
+            column_sums: [
+                build("column_sums", false, false)?,
+                build("column_sums", false, true)?,
+            ],
+            partial: [
+                build("partial_sums", false, false)?,
+                build("partial_sums", true, false)?,
+            ],
+            finish: [
+                build("finish_sum", false, false)?,
+                build("finish_sum", false, true)?,
+            ],
         })
     }
 
@@ -78,10 +94,23 @@ impl ReduceKernels {
         let kernel = &self.column_sums[accumulate as usize];
         check_len(&kernel.label, "x", x, rows as u64 * cols as u64)?;
         check_len(&kernel.label, "out", out, cols as u64)?;
-        let params = gpu.uniform(&kernel.label, &Params { rows, cols, len: 0, _pad: 0 });
+        let params = gpu.uniform(
+            &kernel.label,
+            &Params {
+                rows,
+                cols,
+                len: 0,
+                _pad: 0,
+            },
+        );
         gpu.dispatch(
             kernel,
-            &[Binding::Uniform(&params), Binding::Storage(x), Binding::Storage(out), Binding::Unused],
+            &[
+                Binding::Uniform(&params),
+                Binding::Storage(x),
+                Binding::Storage(out),
+                Binding::Unused,
+            ],
             gpu.grid_1d(cols.div_ceil(WG)),
         )
     }
@@ -103,19 +132,49 @@ impl ReduceKernels {
         check_len(&partial_kernel.label, "x", x, len as u64)?;
         check_len(&finish_kernel.label, "out", out, 1)?;
         let partials = gpu.zeros("reduce.partials", groups as u64)?;
-        let p1 = gpu.uniform("reduce.partial", &Params { rows: 0, cols: 0, len, _pad: 0 });
-        let p2 = gpu.uniform("reduce.finish", &Params { rows: 0, cols: 0, len: groups, _pad: 0 });
+        let p1 = gpu.uniform(
+            "reduce.partial",
+            &Params {
+                rows: 0,
+                cols: 0,
+                len,
+                _pad: 0,
+            },
+        );
+        let p2 = gpu.uniform(
+            "reduce.finish",
+            &Params {
+                rows: 0,
+                cols: 0,
+                len: groups,
+                _pad: 0,
+            },
+        );
         let partial = gpu.dispatch(
             partial_kernel,
-            &[Binding::Uniform(&p1), Binding::Storage(x), Binding::Storage(&partials), Binding::Unused],
+            &[
+                Binding::Uniform(&p1),
+                Binding::Storage(x),
+                Binding::Storage(&partials),
+                Binding::Unused,
+            ],
             gpu.grid_1d(groups),
         )?;
         let running = running.map_or(Binding::Unused, Binding::Storage);
         let finish = gpu.dispatch(
             finish_kernel,
-            &[Binding::Uniform(&p2), Binding::Storage(&partials), Binding::Storage(out), running],
+            &[
+                Binding::Uniform(&p2),
+                Binding::Storage(&partials),
+                Binding::Storage(out),
+                running,
+            ],
             [1, 1, 1],
         )?;
-        Ok(SumDispatches { partial, finish, partials })
+        Ok(SumDispatches {
+            partial,
+            finish,
+            partials,
+        })
     }
 }

@@ -17,11 +17,15 @@ pub fn all_gpus() -> Vec<Gpu> {
         .into_iter()
         .filter(|a| {
             let name = format!("{} {:?}", a.get_info().name, a.get_info().backend).to_lowercase();
-            only.as_ref().is_none_or(|q| name.contains(&q.to_lowercase()))
+            only.as_ref()
+                .is_none_or(|q| name.contains(&q.to_lowercase()))
         })
         .map(|a| Gpu::from_adapter(a).expect("open device"))
         .collect();
-    assert!(!gpus.is_empty(), "VAE_TEST_ADAPTER={only:?} matches no adapter");
+    assert!(
+        !gpus.is_empty(),
+        "VAE_TEST_ADAPTER={only:?} matches no adapter"
+    );
     gpus
 }
 
@@ -61,7 +65,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: impl Fn(usize) -
         let t = tol(i);
         let ok = err <= t || (g as f64 == w);
         if !ok || !g.is_finite() && w.is_finite() {
-            bad.push(format!("  [{i}] got {g:e} want {w:e} err {err:e} tol {t:e}"));
+            bad.push(format!(
+                "  [{i}] got {g:e} want {w:e} err {err:e} tol {t:e}"
+            ));
         }
         if t > 0.0 && err.is_finite() {
             worst = worst.max(err / t);

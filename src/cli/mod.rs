@@ -1,0 +1,54 @@
+//! The `vae` command line.
+
+mod devices;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::gpu::{AdapterRequest, BackendChoice};
+
+#[derive(Parser)]
+#[command(
+    name = "vae",
+    version,
+    about = "Variational autoencoders on any GPU (wgpu + WGSL)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// List every adapter (index, backend, name, type, driver) and its compute limits.
+    Devices(DeviceArgs),
+}
+
+/// Adapter selection, shared by every command that opens a device.
+#[derive(Args, Clone, Debug, Default)]
+pub struct DeviceArgs {
+    /// Graphics API to use.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Adapter index (as listed by `vae devices`) or a substring of its name.
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Use a software adapter (lavapipe/llvmpipe, WARP).
+    #[arg(long)]
+    pub software: bool,
+}
+
+impl DeviceArgs {
+    pub fn request(&self) -> AdapterRequest {
+        AdapterRequest {
+            backend: self.backend,
+            adapter: self.adapter.clone(),
+            software: self.software,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Devices(args) => devices::run(&args),
+    }
+}
