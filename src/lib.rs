@@ -6,5 +6,6 @@
 
 pub mod cli;
 pub mod cpu;
+pub mod data;
 pub mod gpu;
 pub mod kernels;

@@ -1,0 +1,118 @@
+//! Where a `--data` argument points: the shipped subset, a named installed dataset, or a path.
+
+use std::path::{Path, PathBuf};
+
+use super::idx::{images_from, parse_bytes, with_labels};
+use super::{
+    DataError, Dataset, MAX_FILE_BYTES, Result, fail, gunzip_if_gz, load_csv, load_idx,
+    load_idx_pair, load_npy,
+};
+
+/// Where Debian's `dataset-fashion-mnist` package installs the full Fashion-MNIST.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+const SHIPPED_IMAGES: &[u8] = include_bytes!("../../assets/mnist5k-images-idx3-ubyte.gz");
+const SHIPPED_LABELS: &[u8] = include_bytes!("../../assets/mnist5k-labels-idx1-ubyte.gz");
+
+/// A training set and, where the source has one, its test set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataSource {
+    pub name: String,
+    pub train: Dataset,
+    pub test: Option<Dataset>,
+}
+
+/// The 5,000-image MNIST subset embedded in the binary (see `assets/README.md`), unsplit.
+pub fn shipped_mnist5k() -> Result<Dataset> {
+    let images = Path::new("assets/mnist5k-images-idx3-ubyte.gz (embedded)");
+    let labels = Path::new("assets/mnist5k-labels-idx1-ubyte.gz (embedded)");
+    let set = images_from(
+        images,
+        parse_bytes(
+            images,
+            gunzip_if_gz(images, SHIPPED_IMAGES.to_vec(), MAX_FILE_BYTES)?,
+        )?,
+    )?;
+    with_labels(
+        set,
+        images,
+        labels,
+        parse_bytes(
+            labels,
+            gunzip_if_gz(labels, SHIPPED_LABELS.to_vec(), MAX_FILE_BYTES)?,
+        )?,
+    )
+}
+
+/// Resolves `--data`: `mnist5k` (the default; every 5th image held out as test, since the file
+/// is sorted by label), `fashion-mnist`, a directory holding MNIST-style `train-`/`t10k-` IDX
+/// files, or a single `.npy`, `.csv[.gz]` or IDX file.
+pub fn load_source(spec: &str) -> Result<DataSource> {
+    match spec {
+        "mnist5k" => {
+            let (train, test) = shipped_mnist5k()?.strided_split(5);
+            Ok(DataSource { name: spec.into(), train, test: Some(test) })
+        }
+        "fashion-mnist" | "fashion" => load_dir(Path::new(FASHION_MNIST_DIR)).map_err(|e| DataError {
+            path: e.path,
+            problem: format!(
+                "{}\nFull Fashion-MNIST is not installed: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) \
+                 puts it in {FASHION_MNIST_DIR}, or download the four IDX files from \
+                 https://github.com/zalandoresearch/fashion-mnist and pass their directory with --data",
+                e.problem
+            ),
+        }),
+        path => {
+            let path = Path::new(path);
+            if path.is_dir() {
+                return load_dir(path);
+            }
+            if !path.exists() {
+                return fail(path, "no such file or directory (and not a named dataset: mnist5k, fashion-mnist)");
+            }
+            let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+            let train = if name.ends_with(".npy") || name.ends_with(".npy.gz") {
+                load_npy(path)?
+            } else if name.ends_with(".csv") || name.ends_with(".csv.gz") {
+                load_csv(path, true)?
+            } else {
+                load_idx(path)?
+            };
+            Ok(DataSource { name: name.clone(), train, test: None })
+        }
+    }
+}
+
+/// The first of `stem` and `stem.gz` that exists in `dir`.
+fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
+    [stem.to_string(), format!("{stem}.gz")]
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.exists())
+}
+
+/// A directory in MNIST's layout: `train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`
+/// and optionally the `t10k-` pair.
+fn load_dir(dir: &Path) -> Result<DataSource> {
+    let pair = |prefix: &str| -> Option<(PathBuf, PathBuf)> {
+        Some((
+            find(dir, &format!("{prefix}-images-idx3-ubyte"))?,
+            find(dir, &format!("{prefix}-labels-idx1-ubyte"))?,
+        ))
+    };
+    let Some((images, labels)) = pair("train") else {
+        return fail(
+            dir,
+            "no train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz] here",
+        );
+    };
+    let train = load_idx_pair(&images, &labels)?;
+    let test = pair("t10k")
+        .map(|(i, l)| load_idx_pair(&i, &l))
+        .transpose()?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(DataSource { name, train, test })
+}

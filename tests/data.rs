@@ -1,0 +1,294 @@
+//! The data loaders: the shipped subset, and every kind of bad file getting a clear error that
+//! names the file and the problem.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use vae_wgpu::data::{self, Pixels};
+
+fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn idx_images(n: u32, rows: u32, cols: u32, data: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, 0, 8, 3];
+    for d in [n, rows, cols] {
+        v.extend_from_slice(&d.to_be_bytes());
+    }
+    v.extend_from_slice(data);
+    v
+}
+
+fn idx_labels(labels: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, 0, 8, 1];
+    v.extend_from_slice(&(labels.len() as u32).to_be_bytes());
+    v.extend_from_slice(labels);
+    v
+}
+
+/// Asserts the error names the file and contains `needle`.
+fn assert_error<T: std::fmt::Debug>(r: data::Result<T>, path: &std::path::Path, needle: &str) {
+    let msg = r.expect_err("bad input must be rejected").to_string();
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "error does not name the file: {msg}"
+    );
+    assert!(msg.contains(needle), "expected `{needle}` in: {msg}");
+}
+
+#[test]
+fn shipped_subset_loads_and_splits_stratified() {
+    let set = data::shipped_mnist5k().unwrap();
+    assert_eq!(
+        (set.len, set.item_shape.clone(), set.dim()),
+        (5000, vec![28, 28], 784)
+    );
+    let labels = set.labels.as_ref().unwrap();
+    assert!(
+        labels.windows(2).all(|w| w[0] <= w[1]),
+        "the subset is sorted by label"
+    );
+    let src = data::load_source("mnist5k").unwrap();
+    let test = src.test.unwrap();
+    assert_eq!((src.train.len, test.len), (4000, 1000));
+    // Every class is in the held-out split, in proportion.
+    for class in 0..10u8 {
+        let n = test
+            .labels
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|&&l| l == class)
+            .count();
+        assert!((60..=140).contains(&n), "class {class}: {n} test images");
+    }
+    let px = src.train.to_unit_f32();
+    assert!(px.iter().all(|v| (0.0..=1.0).contains(v)) && px.iter().any(|&v| v == 1.0));
+}
+
+#[test]
+fn idx_round_trip_raw_and_gz() {
+    let dir = tempfile::tempdir().unwrap();
+    let pixels: Vec<u8> = (0..2 * 3 * 5).map(|i| i as u8 * 7).collect();
+    for (name, bytes) in [
+        ("a-idx3-ubyte", idx_images(2, 3, 5, &pixels)),
+        ("b-idx3-ubyte.gz", gz(&idx_images(2, 3, 5, &pixels))),
+    ] {
+        let images = write(&dir, name, &bytes);
+        let labels = write(&dir, &format!("{name}.labels"), &idx_labels(&[4, 9]));
+        let set = data::load_idx_pair(&images, &labels).unwrap();
+        assert_eq!(set.pixels, Pixels::U8(pixels.clone()));
+        assert_eq!(set.labels, Some(vec![4, 9]));
+        assert_eq!((set.len, set.item_shape), (2, vec![3, 5]));
+    }
+}
+
+#[test]
+fn bad_idx_files_are_rejected_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = idx_images(2, 2, 2, &[1; 8]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "magic",
+            vec![0x12, 0x34, 8, 3, 0, 0, 0, 1],
+            "not an IDX file",
+        ),
+        ("short-header", vec![0, 0, 8], "truncated header"),
+        (
+            "dims-cut",
+            vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0],
+            "truncated header",
+        ),
+        (
+            "truncated-body",
+            good[..good.len() - 3].to_vec(),
+            "the file holds only 5",
+        ),
+        // A header claiming 4 billion images must be refused without allocating for them.
+        (
+            "absurd",
+            idx_images(u32::MAX, 28, 28, &[0; 10]),
+            "the file holds only 10",
+        ),
+        (
+            "trailing",
+            [good.clone(), vec![0; 4]].concat(),
+            "the file holds 12",
+        ),
+        (
+            "dtype",
+            vec![0, 0, 0x0d, 1, 0, 0, 0, 1, 0, 0, 0, 0],
+            "unsupported IDX element type 0x0d",
+        ),
+        ("empty", idx_images(0, 28, 28, &[]), "empty dataset"),
+        (
+            "gzip",
+            [gz(&good)[..20].to_vec(), vec![0xff; 8]].concat(),
+            "corrupt gzip data",
+        ),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = write(&dir, name, &bytes);
+        assert_error(data::load_idx(&path), &path, needle);
+    }
+    let images = write(&dir, "img", &good);
+    let labels = write(&dir, "lab", &idx_labels(&[1, 2, 3]));
+    assert_error(
+        data::load_idx_pair(&images, &labels),
+        &labels,
+        "3 labels for 2 images",
+    );
+    let missing = dir.path().join("nope");
+    assert_error(data::load_idx(&missing), &missing, "cannot read");
+}
+
+#[test]
+fn csv_loads_bytes_floats_and_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "a.csv",
+        b"p0,p1,p2,p3,label\n0,255,3,4,7\n1,2,3,4,1\n",
+    );
+    let set = data::load_csv(&path, true).unwrap();
+    assert_eq!(set.pixels, Pixels::U8(vec![0, 255, 3, 4, 1, 2, 3, 4]));
+    assert_eq!(
+        (set.labels, set.len, set.item_shape),
+        (Some(vec![7, 1]), 2, vec![2, 2])
+    );
+    let path = write(&dir, "b.csv.gz", &gz(b"0.5,0.25,1\n0,1,0\n"));
+    let set = data::load_csv(&path, false).unwrap();
+    assert_eq!(set.pixels, Pixels::F32(vec![0.5, 0.25, 1.0, 0.0, 1.0, 0.0]));
+}
+
+#[test]
+fn bad_csv_files_are_rejected_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, &[u8], &str)> = vec![
+        (
+            "ragged.csv",
+            b"1,2,3\n1,2\n",
+            "line 2 has 2 columns, earlier rows have 3",
+        ),
+        (
+            "text.csv",
+            b"1,2,3\n1,x,3\n",
+            "line 2, column 2: `x` is not a number",
+        ),
+        ("nan.csv", b"0.5,NaN,0\n", "is not finite"),
+        ("inf.csv", b"0.5,inf,0\n", "is not finite"),
+        ("range.csv", b"0.5,-0.25,0\n", "outside [0, 1]"),
+        ("empty.csv", b"\n\n", "empty dataset"),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = write(&dir, name, bytes);
+        assert_error(data::load_csv(&path, false), &path, needle);
+    }
+    let path = write(&dir, "label.csv", b"1,2,3,4.5\n");
+    assert_error(data::load_csv(&path, true), &path, "label `4.5`");
+}
+
+fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut v = b"\x93NUMPY\x01\x00".to_vec();
+    v.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    v.extend_from_slice(header.as_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+#[test]
+fn npy_loads_u8_and_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "a.npy",
+        &npy("|u1", "(2, 2, 2)", &[0, 1, 2, 3, 4, 5, 6, 255]),
+    );
+    let set = data::load_npy(&path).unwrap();
+    assert_eq!((set.len, set.item_shape), (2, vec![2, 2]));
+    let f: Vec<u8> = [0.0f32, 0.5, 1.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let path = write(&dir, "b.npy", &npy("<f4", "(1, 3)", &f));
+    assert_eq!(
+        data::load_npy(&path).unwrap().pixels,
+        Pixels::F32(vec![0.0, 0.5, 1.0])
+    );
+}
+
+#[test]
+fn bad_npy_files_are_rejected_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let nan: Vec<u8> = [0.0f32, f32::NAN]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "magic.npy",
+            b"PK\x03\x04 not numpy".to_vec(),
+            "not a .npy file",
+        ),
+        (
+            "dtype.npy",
+            npy("<f8", "(1, 2)", &[0; 16]),
+            "unsupported dtype `<f8`",
+        ),
+        (
+            "short.npy",
+            npy("|u1", "(2, 4)", &[0; 7]),
+            "needs 8 bytes of data, the file holds 7",
+        ),
+        (
+            "rank.npy",
+            npy("|u1", "(4,)", &[0; 4]),
+            "at least 2 dimensions",
+        ),
+        ("nan.npy", npy("<f4", "(1, 2)", &nan), "is not finite"),
+        ("empty.npy", npy("|u1", "(0, 4)", &[]), "empty dataset"),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = write(&dir, name, &bytes);
+        assert_error(data::load_npy(&path), &path, needle);
+    }
+}
+
+#[test]
+fn missing_named_dataset_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = data::load_source(dir.path().to_str().unwrap()).expect_err("empty dir");
+    assert!(
+        err.to_string().contains("no train-images-idx3-ubyte"),
+        "{err}"
+    );
+    let err = data::load_source("/no/such/place.idx").expect_err("missing");
+    assert!(err.to_string().contains("no such file"), "{err}");
+    if !std::path::Path::new(data::FASHION_MNIST_DIR).exists() {
+        let err = data::load_source("fashion-mnist").expect_err("not installed");
+        assert!(
+            err.to_string()
+                .contains("apt-get install dataset-fashion-mnist"),
+            "{err}"
+        );
+    } else {
+        let src = data::load_source("fashion-mnist").unwrap();
+        assert_eq!(
+            (src.train.len, src.test.as_ref().unwrap().len),
+            (60000, 10000)
+        );
+    }
+}
