@@ -2,6 +2,7 @@
 
 pub mod activation;
 pub mod adam;
+pub mod batch;
 pub mod elbo;
 pub mod matmul;
 pub mod philox;

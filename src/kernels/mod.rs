@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod adam;
+pub mod batch;
 pub mod elbo;
 pub mod matmul;
 pub mod reduce;
@@ -16,6 +17,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/activation.wgsl"),
     ),
     ("adam.wgsl", include_str!("../../shaders/adam.wgsl")),
+    ("batch.wgsl", include_str!("../../shaders/batch.wgsl")),
     ("elbo.wgsl", include_str!("../../shaders/elbo.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     (
@@ -53,6 +55,10 @@ pub const MODULES: &[ModuleSpec] = &[
     },
     ModuleSpec {
         family: "adam.wgsl",
+        needs_subgroups: false,
+    },
+    ModuleSpec {
+        family: "batch.wgsl",
         needs_subgroups: false,
     },
     ModuleSpec {
