@@ -9,3 +9,5 @@ pub mod cpu;
 pub mod data;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
+pub mod train;

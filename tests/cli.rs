@@ -55,8 +55,13 @@ fn missing_backend_says_what_to_install() {
 fn a_buffer_beyond_the_adapter_limits_is_a_clear_error() {
     let gpu = vae_wgpu::gpu::Gpu::new(&Default::default()).expect("an adapter");
     let too_big = gpu.limits.max_storage_buffer_binding_size / 4 + 1;
-    let err = gpu.zeros("training set", too_big).expect_err("must not fit");
+    let err = gpu
+        .zeros("training set", too_big)
+        .expect_err("must not fit");
     let msg = err.to_string();
     assert!(msg.contains("training set"), "names the buffer: {msg}");
-    assert!(msg.contains("max_storage_buffer_binding_size"), "names the limit: {msg}");
+    assert!(
+        msg.contains("max_storage_buffer_binding_size"),
+        "names the limit: {msg}"
+    );
 }

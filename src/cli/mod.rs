@@ -1,6 +1,7 @@
 //! The `vae` command line.
 
 mod devices;
+mod train;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -21,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// List every adapter (index, backend, name, type, driver) and its compute limits.
     Devices(DeviceArgs),
+    /// Train a VAE (default: 784-400-20 on the shipped 5,000 MNIST images).
+    Train(train::TrainArgs),
 }
 
 /// Adapter selection, shared by every command that opens a device.
@@ -50,5 +53,6 @@ impl DeviceArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Devices(args) => devices::run(&args),
+        Command::Train(args) => train::run(&args),
     }
 }

@@ -8,3 +8,4 @@ pub mod matmul;
 pub mod philox;
 pub mod reduce;
 pub mod sample;
+pub mod vae;

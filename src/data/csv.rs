@@ -54,7 +54,7 @@ pub fn load_csv(path: &Path, label_column: bool) -> Result<Dataset> {
         }
         let pixels = if label_column {
             let label = *row.last().unwrap();
-            if !(label >= 0.0 && label <= 255.0 && label.fract() == 0.0) || row.len() < 2 {
+            if !((0.0..=255.0).contains(&label) && label.fract() == 0.0) || row.len() < 2 {
                 return fail(
                     path,
                     format!("line {line_no}: label `{label}` is not an integer class in 0..=255"),

@@ -50,7 +50,7 @@ pub struct EngineNeeds {
 }
 
 pub const ENGINE_NEEDS: EngineNeeds = EngineNeeds {
-    storage_buffers_per_stage: 8,
+    storage_buffers_per_stage: 10,
     workgroup_storage_bytes: 16 * 1024,
     invocations_per_workgroup: 256,
 };

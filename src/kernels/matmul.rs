@@ -1,1 +1,380 @@
-//! (in progress)
+//! Wrapper for `shaders/matmul.wgsl` and `shaders/matmul_subgroup.wgsl`: `C = op(A)·op(B)` in
+//! row-major f32 with a fused epilogue.
+//!
+//! One [`Matmul`] per [`MatmulConfig`] (layout + epilogue): the config becomes WGSL override
+//! constants, so each instance holds its own compiled pipelines, and [`Matmul::bind`] turns
+//! buffers and a shape into a reusable [`Dispatch`].
+//!
+//! Per element `(m, n)` of C, with `s = Σ_k op(A)[m,k]·op(B)[k,n]`:
+//!
+//! ```text
+//! pre = s + bias[n]                      (bias)
+//! aux[m,n] = pre                         (store_pre)
+//! v = act(pre)                           (act; Identity = none)
+//! v = v * grad_act'(aux[m,n])            (grad_act; aux holds a pre-activation)
+//! C[m,n] = C[m,n] + v  or  C[m,n] = v    (accumulate)
+//! ```
+//!
+//! Two kernels compute the same thing: [`MatmulVariant::Tiled`], portable shared-memory tiling,
+//! and [`MatmulVariant::Subgroup`], the software-adapter fast path (one 8-lane subgroup per
+//! workgroup, `subgroupBroadcast`, a 64×64 tile in registers). [`Matmul::new`] picks the
+//! subgroup kernel on software adapters with subgroups of at least 8 lanes, else the tiled one.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Activation, check_len, compose};
+use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, Result, Slot, View};
+
+/// How A and B are stored (row-major). `C` is always M×N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// `C = A·B`, A stored M×K, B stored K×N (forward).
+    NN,
+    /// `C = Aᵀ·B`, A stored K×M, B stored K×N (weight gradient `Xᵀ·dY`).
+    TN,
+    /// `C = A·Bᵀ`, A stored M×K, B stored N×K (data gradient `dY·Wᵀ`).
+    NT,
+}
+
+impl Layout {
+    pub const ALL: [Layout; 3] = [Self::NN, Self::TN, Self::NT];
+
+    pub fn trans_a(self) -> bool {
+        self == Self::TN
+    }
+
+    pub fn trans_b(self) -> bool {
+        self == Self::NT
+    }
+}
+
+/// Which kernel computes the product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// Shared-memory tiled, register-blocked (64×64 tile, 4×4 per invocation). Runs anywhere.
+    Tiled,
+    /// One 8-lane subgroup per workgroup, 64×64 tile in registers, no workgroup memory: fast on
+    /// software adapters (lavapipe). Needs [`Gpu::has_subgroups`].
+    Subgroup,
+}
+
+impl MatmulVariant {
+    pub const ALL: [MatmulVariant; 2] = [Self::Tiled, Self::Subgroup];
+
+    /// The kernel [`Matmul::new`] uses when none is forced.
+    pub fn auto(gpu: &Gpu) -> Self {
+        if gpu.has_subgroups() && gpu.is_software() {
+            Self::Subgroup
+        } else {
+            Self::Tiled
+        }
+    }
+
+    /// The variants this adapter can run.
+    pub fn available(gpu: &Gpu) -> Vec<Self> {
+        Self::ALL
+            .into_iter()
+            .filter(|v| *v == Self::Tiled || gpu.has_subgroups())
+            .collect()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tiled => "tiled",
+            Self::Subgroup => "subgroup",
+        }
+    }
+}
+
+/// Layout and fused epilogue of one matmul; see the module docs for the exact semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MatmulConfig {
+    pub layout: Layout,
+    /// Add `bias[n]` (one value per column of C).
+    pub bias: bool,
+    /// Applied after the bias. `Identity` for none.
+    pub act: Activation,
+    /// Write the pre-activation (after the bias) to `aux`.
+    pub store_pre: bool,
+    /// Multiply by `derivative(g, aux[m,n])`, `aux` holding a pre-activation: the backward
+    /// fusion `dX = (dY·Wᵀ) ⊙ act'(pre)`. Excludes `store_pre`.
+    pub grad_act: Option<Activation>,
+    /// `C += result` instead of `C = result`.
+    pub accumulate: bool,
+}
+
+impl MatmulConfig {
+    /// A plain product in `layout`: no bias, no activation, overwrite C.
+    pub fn new(layout: Layout) -> Self {
+        Self {
+            layout,
+            bias: false,
+            act: Activation::Identity,
+            store_pre: false,
+            grad_act: None,
+            accumulate: false,
+        }
+    }
+
+    /// Short form for labels and messages, e.g. `NN+bias+relu+pre`.
+    pub fn describe(&self) -> String {
+        let mut s = format!("{:?}", self.layout);
+        if self.bias {
+            s += "+bias";
+        }
+        if self.act != Activation::Identity {
+            s += &format!("+{:?}", self.act).to_lowercase();
+        }
+        if self.store_pre {
+            s += "+pre";
+        }
+        if let Some(g) = self.grad_act {
+            s += &format!("*d{:?}", g).to_lowercase();
+        }
+        if self.accumulate {
+            s += "+=";
+        }
+        s
+    }
+
+    fn uses_aux(&self) -> bool {
+        self.store_pre || self.grad_act.is_some()
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        vec![
+            ("TRANS_A", flag(self.layout.trans_a())),
+            ("TRANS_B", flag(self.layout.trans_b())),
+            ("HAS_BIAS", flag(self.bias)),
+            ("ACT", self.act.id() as f64),
+            ("STORE_PRE", flag(self.store_pre)),
+            ("HAS_GRAD", flag(self.grad_act.is_some())),
+            (
+                "GRAD_ACT",
+                self.grad_act.unwrap_or(Activation::Identity).id() as f64,
+            ),
+            ("ACCUMULATE", flag(self.accumulate)),
+        ]
+    }
+}
+
+/// Rows × columns of C per workgroup.
+const TILED_TILE: (u32, u32) = (64, 64);
+const SUBGROUP_TILE: (u32, u32) = (64, 64);
+
+/// Both kernels: params, A, B, C, bias, aux.
+const SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+    Slot::Read,
+    Slot::ReadWrite,
+];
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    tiles_n: u32,
+    tiles: u32,
+    _pad: [u32; 3],
+}
+
+/// One matmul configuration with its compiled pipeline.
+pub struct Matmul {
+    cfg: MatmulConfig,
+    variant: MatmulVariant,
+    label: String,
+    kernel: Kernel,
+    /// Bound to `aux` when the config does not use it: the shared `Binding::Unused` placeholder
+    /// is also bound to read-only slots, and one buffer may not be both in a dispatch.
+    unused_rw: View,
+    /// Rows × columns of C per workgroup.
+    tile: (u32, u32),
+}
+
+impl std::fmt::Debug for Matmul {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Matmul({}, {:?})", self.label, self.cfg)
+    }
+}
+
+impl Matmul {
+    /// Compiles `cfg` for `variant`, or for [`MatmulVariant::auto`] when `None`.
+    pub fn new(gpu: &Gpu, cfg: MatmulConfig, variant: Option<MatmulVariant>) -> Result<Self> {
+        Self::with_source(gpu, cfg, variant, None, None)
+    }
+
+    /// Development hook: as [`Matmul::new`], with the variant's WGSL file replaced by `source`
+    /// (composed with common.wgsl) whose workgroups cover `tile` (rows × columns of C), for trying
+    /// kernel changes without rebuilding (`VAE_BENCH_*_SRC` in `benches/kernels.rs`).
+    #[doc(hidden)]
+    pub fn with_source(
+        gpu: &Gpu,
+        cfg: MatmulConfig,
+        variant: Option<MatmulVariant>,
+        source: Option<&str>,
+        tile: Option<(u32, u32)>,
+    ) -> Result<Self> {
+        let variant = variant.unwrap_or_else(|| MatmulVariant::auto(gpu));
+        let label = format!("matmul.{}.{}", variant.name(), cfg.describe());
+        if cfg.store_pre && cfg.grad_act.is_some() {
+            return Err(GpuError::Shape {
+                kernel: label,
+                reason: "store_pre and grad_act both use `aux`; choose one".into(),
+            });
+        }
+        if variant == MatmulVariant::Subgroup && !gpu.has_subgroups() {
+            return Err(GpuError::Shape {
+                kernel: label,
+                reason: format!(
+                    "the subgroup kernel needs Features::SUBGROUP with >= 8 lanes; {} has {}",
+                    gpu.info.name,
+                    if gpu.features.contains(wgpu::Features::SUBGROUP) {
+                        format!("subgroups of {} lanes", gpu.info.subgroup_min_size)
+                    } else {
+                        "no subgroup support".to_string()
+                    }
+                ),
+            });
+        }
+        let source = match source {
+            Some(s) => format!("{}\n{s}", super::shader_file("common.wgsl")),
+            None => compose(match variant {
+                MatmulVariant::Tiled => "matmul.wgsl",
+                MatmulVariant::Subgroup => "matmul_subgroup.wgsl",
+            }),
+        };
+        let kernel = gpu.kernel(&label, &source, "main", SLOTS, &cfg.constants())?;
+        Ok(Self {
+            cfg,
+            variant,
+            label,
+            kernel,
+            unused_rw: gpu.zeros("matmul.unused", 4)?,
+            tile: tile.unwrap_or(match variant {
+                MatmulVariant::Tiled => TILED_TILE,
+                MatmulVariant::Subgroup => SUBGROUP_TILE,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &MatmulConfig {
+        &self.cfg
+    }
+
+    pub fn variant(&self) -> MatmulVariant {
+        self.variant
+    }
+
+    fn shape_error(&self, reason: String) -> GpuError {
+        GpuError::Shape {
+            kernel: self.label.clone(),
+            reason,
+        }
+    }
+
+    /// Binds `C (m×n) = op(A)·op(B)` with inner dimension `k`, any sizes >= 1.
+    ///
+    /// `a` holds m·k elements (M×K, or K×M for [`Layout::TN`]), `b` k·n (K×N, or N×K for
+    /// [`Layout::NT`]), `c` m·n. `bias` (n elements) is required iff the config has a bias,
+    /// `aux` (m·n) iff it stores the pre-activation or multiplies by its derivative. Views may be
+    /// longer than needed; only the leading elements are bound.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        m: u32,
+        n: u32,
+        k: u32,
+        a: &View,
+        b: &View,
+        c: &View,
+        bias: Option<&View>,
+        aux: Option<&View>,
+    ) -> Result<Dispatch> {
+        if m == 0 || n == 0 || k == 0 {
+            return Err(self.shape_error(format!("empty product m={m} n={n} k={k}")));
+        }
+        let (m64, n64, k64) = (m as u64, n as u64, k as u64);
+        for (what, len) in [("m*k", m64 * k64), ("k*n", k64 * n64), ("m*n", m64 * n64)] {
+            if len > u32::MAX as u64 {
+                return Err(self.shape_error(format!("{what} = {len} overflows 32-bit indices")));
+            }
+        }
+        check_len(&self.label, "a", a, m64 * k64)?;
+        check_len(&self.label, "b", b, k64 * n64)?;
+        check_len(&self.label, "c", c, m64 * n64)?;
+        let bias = match (self.cfg.bias, bias) {
+            (true, Some(v)) => {
+                check_len(&self.label, "bias", v, n64)?;
+                Some(v.slice(0, n64))
+            }
+            (true, None) => {
+                return Err(self.shape_error("the config adds a bias: pass `bias`".into()));
+            }
+            (false, Some(_)) => {
+                return Err(self.shape_error("`bias` given, but the config has no bias".into()));
+            }
+            (false, None) => None,
+        };
+        let aux = match (self.cfg.uses_aux(), aux) {
+            (true, Some(v)) => {
+                check_len(&self.label, "aux", v, m64 * n64)?;
+                Some(v.slice(0, m64 * n64))
+            }
+            (true, None) => {
+                return Err(self.shape_error(
+                    "the config stores or reads the pre-activation: pass `aux`".into(),
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(self.shape_error("`aux` given, but the config does not use it".into()));
+            }
+            (false, None) => None,
+        };
+        let a = a.slice(0, m64 * k64);
+        let b = b.slice(0, k64 * n64);
+        let c = c.slice(0, m64 * n64);
+
+        let (tm, tn) = self.tile;
+        let tiles_n = n.div_ceil(tn);
+        let tiles = m.div_ceil(tm) as u64 * tiles_n as u64;
+        if tiles > u32::MAX as u64 {
+            return Err(self.shape_error(format!("{tiles} workgroups overflow the grid")));
+        }
+        let params = gpu.uniform(
+            &self.label,
+            &Params {
+                m,
+                n,
+                k,
+                tiles_n,
+                tiles: tiles as u32,
+                _pad: [0; 3],
+            },
+        );
+        let bindings = [
+            Binding::Uniform(&params),
+            Binding::Storage(&a),
+            Binding::Storage(&b),
+            Binding::Storage(&c),
+            optional(&bias),
+            Binding::Storage(aux.as_ref().unwrap_or(&self.unused_rw)),
+        ];
+        gpu.dispatch(&self.kernel, &bindings, gpu.grid_1d(tiles as u32))
+    }
+}
+
+fn optional(v: &Option<View>) -> Binding<'_> {
+    v.as_ref().map_or(Binding::Unused, Binding::Storage)
+}
+
+/// Floating-point operations of one `m×k · k×n` product (a multiply-add counts 2).
+pub fn flops(m: u32, n: u32, k: u32) -> f64 {
+    2.0 * m as f64 * n as f64 * k as f64
+}

@@ -1,0 +1,167 @@
+//! One VAE training step in f64 — forward, loss, backward — composed from the reference kernels
+//! exactly as `train::graph` composes the GPU ones. Given the same parameters, batch and ε, the
+//! two must agree to rounding.
+
+use crate::cpu::{activation, elbo, matmul::matmul, reduce::column_sums, sample};
+use crate::kernels::matmul::Layout;
+use crate::model::{DEC_LOGVAR, Dense, ParamLayout, VaeConfig};
+
+/// The loss terms (sums over the batch) and the gradient of `Σ_b rec_b + β kl_b`.
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    pub total: f64,
+    pub rec: f64,
+    pub kl: f64,
+    /// Flat, in the parameter layout (padding 0).
+    pub grads: Vec<f64>,
+}
+
+fn tensor<'a>(layout: &ParamLayout, flat: &'a [f64], name: &str) -> &'a [f64] {
+    let t = layout.get(name);
+    &flat[t.offset..t.offset + t.len()]
+}
+
+/// `act(x·W + b)` for a batch; returns (pre-activation, output).
+fn dense_forward(
+    d: &Dense,
+    layout: &ParamLayout,
+    p: &[f64],
+    x: &[f64],
+    batch: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut pre = matmul(
+        Layout::NN,
+        batch,
+        d.fan_out,
+        d.fan_in,
+        x,
+        tensor(layout, p, &d.weight()),
+    );
+    let b = tensor(layout, p, &d.bias());
+    for (i, v) in pre.iter_mut().enumerate() {
+        *v += b[i % d.fan_out];
+    }
+    let out = pre.iter().map(|&v| activation::forward(d.act, v)).collect();
+    (pre, out)
+}
+
+/// Writes dW = xᵀ·dpre and db = Σ_rows dpre into `grads`; returns dx = dpre·Wᵀ.
+fn dense_backward(
+    d: &Dense,
+    layout: &ParamLayout,
+    p: &[f64],
+    x: &[f64],
+    dpre: &[f64],
+    batch: usize,
+    grads: &mut [f64],
+) -> Vec<f64> {
+    let dw = matmul(Layout::TN, d.fan_in, d.fan_out, batch, x, dpre);
+    let db = column_sums(batch, d.fan_out, dpre);
+    for (name, g) in [(d.weight(), dw), (d.bias(), db)] {
+        let t = layout.get(&name);
+        grads[t.offset..t.offset + t.len()].copy_from_slice(&g);
+    }
+    matmul(
+        Layout::NT,
+        batch,
+        d.fan_in,
+        d.fan_out,
+        dpre,
+        tensor(layout, p, &d.weight()),
+    )
+}
+
+/// dpre = dy ⊙ act'(pre).
+fn through_activation(d: &Dense, dy: &[f64], pre: &[f64]) -> Vec<f64> {
+    dy.iter()
+        .zip(pre)
+        .map(|(g, &x)| g * activation::derivative(d.act, x))
+        .collect()
+}
+
+/// Loss and gradient for one batch `x` [B, D] with noise `eps` [B, L].
+pub fn step(
+    cfg: &VaeConfig,
+    layout: &ParamLayout,
+    p: &[f64],
+    x: &[f64],
+    eps: &[f64],
+    beta: f64,
+) -> StepResult {
+    let layers = cfg.layers();
+    let batch = x.len() / cfg.input;
+    // Forward, keeping every layer's input and pre-activation.
+    let mut enc_in = vec![x.to_vec()];
+    let mut enc_pre = Vec::new();
+    for d in &layers.encoder {
+        let (pre, out) = dense_forward(d, layout, p, enc_in.last().unwrap(), batch);
+        enc_pre.push(pre);
+        enc_in.push(out);
+    }
+    let top = enc_in.last().unwrap().clone();
+    let (mu, _) = dense_forward(&layers.mu, layout, p, &top, batch);
+    let (logvar, _) = dense_forward(&layers.logvar, layout, p, &top, batch);
+    let z = sample::reparam_forward(&mu, &logvar, eps);
+    let mut dec_in = vec![z];
+    let mut dec_pre = Vec::new();
+    for d in &layers.decoder {
+        let (pre, out) = dense_forward(d, layout, p, dec_in.last().unwrap(), batch);
+        dec_pre.push(pre);
+        dec_in.push(out);
+    }
+    let (dec, _) = dense_forward(&layers.out, layout, p, dec_in.last().unwrap(), batch);
+    let dec_logvar: Vec<f64> = if cfg.likelihood.learns_variance() {
+        tensor(layout, p, DEC_LOGVAR).to_vec()
+    } else {
+        Vec::new()
+    };
+    let dims = elbo::Dims {
+        batch,
+        dim: cfg.input,
+        latent: cfg.latent,
+    };
+    let inputs = elbo::Inputs {
+        x,
+        dec: &dec,
+        dec_logvar: &dec_logvar,
+        mu: &mu,
+        logvar: &logvar,
+    };
+    let loss = elbo::elbo(cfg.likelihood, beta, 1.0, dims, &inputs);
+
+    // Backward.
+    let mut grads = vec![0.0; layout.len];
+    if cfg.likelihood.learns_variance() {
+        let t = layout.get(DEC_LOGVAR);
+        let g = column_sums(batch, cfg.input, &loss.d_dec_logvar);
+        grads[t.offset..t.offset + t.len()].copy_from_slice(&g);
+    }
+    let mut dy = dense_backward(
+        &layers.out,
+        layout,
+        p,
+        dec_in.last().unwrap(),
+        &loss.d_dec,
+        batch,
+        &mut grads,
+    );
+    for (i, d) in layers.decoder.iter().enumerate().rev() {
+        let dpre = through_activation(d, &dy, &dec_pre[i]);
+        dy = dense_backward(d, layout, p, &dec_in[i], &dpre, batch, &mut grads);
+    }
+    let (mut dmu, mut dlogvar) = (loss.dmu.clone(), loss.dlogvar.clone());
+    sample::reparam_backward(&dy, eps, &logvar, &mut dmu, &mut dlogvar);
+    let from_mu = dense_backward(&layers.mu, layout, p, &top, &dmu, batch, &mut grads);
+    let from_lv = dense_backward(&layers.logvar, layout, p, &top, &dlogvar, batch, &mut grads);
+    let mut dy: Vec<f64> = from_mu.iter().zip(&from_lv).map(|(a, b)| a + b).collect();
+    for (i, d) in layers.encoder.iter().enumerate().rev() {
+        let dpre = through_activation(d, &dy, &enc_pre[i]);
+        dy = dense_backward(d, layout, p, &enc_in[i], &dpre, batch, &mut grads);
+    }
+    StepResult {
+        total: loss.total.iter().sum(),
+        rec: loss.rec.iter().sum(),
+        kl: loss.kl.iter().sum(),
+        grads,
+    }
+}

@@ -1,0 +1,186 @@
+//! The MLP VAE: its layers, the flat parameter layout they live in, and PyTorch's initialization.
+//!
+//! Weights are stored `[fan_in, fan_out]` (so the forward pass is `X·W`, the NN matmul), biases
+//! `[fan_out]`. All tensors share one flat buffer, each starting on a 64-element boundary so any
+//! tensor can be bound on its own (storage offsets must be 256-byte aligned).
+
+use rand::{RngExt, SeedableRng};
+
+use crate::kernels::Activation;
+use crate::kernels::elbo::Likelihood;
+
+/// What a user chooses: `--hidden 512,256 --latent 20 --activation relu --likelihood bernoulli`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaeConfig {
+    pub input: usize,
+    pub hidden: Vec<usize>,
+    pub latent: usize,
+    pub act: Activation,
+    pub likelihood: Likelihood,
+}
+
+/// One dense layer `y = act(x·W + b)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dense {
+    pub name: String,
+    pub fan_in: usize,
+    pub fan_out: usize,
+    pub act: Activation,
+}
+
+impl Dense {
+    pub fn weight(&self) -> String {
+        format!("{}.weight", self.name)
+    }
+    pub fn bias(&self) -> String {
+        format!("{}.bias", self.name)
+    }
+}
+
+/// The dense layers, in forward order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layers {
+    /// input → hidden[0] → … → hidden[n-1], all with the activation.
+    pub encoder: Vec<Dense>,
+    pub mu: Dense,
+    pub logvar: Dense,
+    /// latent → hidden[n-1] → … → hidden[0], all with the activation.
+    pub decoder: Vec<Dense>,
+    /// hidden[0] → input, no activation (logits or means).
+    pub out: Dense,
+}
+
+impl VaeConfig {
+    pub fn layers(&self) -> Layers {
+        let dense = |name: String, fan_in, fan_out, act| Dense {
+            name,
+            fan_in,
+            fan_out,
+            act,
+        };
+        let mut enc_dims = vec![self.input];
+        enc_dims.extend(&self.hidden);
+        let encoder = enc_dims
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| dense(format!("enc.{i}"), w[0], w[1], self.act))
+            .collect();
+        let top = *enc_dims.last().unwrap();
+        let mut dec_dims = vec![self.latent];
+        dec_dims.extend(self.hidden.iter().rev());
+        let decoder = dec_dims
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| dense(format!("dec.{i}"), w[0], w[1], self.act))
+            .collect();
+        Layers {
+            encoder,
+            mu: dense("enc.mu".into(), top, self.latent, Activation::Identity),
+            logvar: dense("enc.logvar".into(), top, self.latent, Activation::Identity),
+            decoder,
+            out: dense(
+                "dec.out".into(),
+                *dec_dims.last().unwrap(),
+                self.input,
+                Activation::Identity,
+            ),
+        }
+    }
+}
+
+impl Layers {
+    pub fn all(&self) -> Vec<&Dense> {
+        self.encoder
+            .iter()
+            .chain([&self.mu, &self.logvar])
+            .chain(&self.decoder)
+            .chain([&self.out])
+            .collect()
+    }
+}
+
+/// A named tensor inside the flat buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+}
+
+impl TensorSpec {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Offset alignment of every tensor, in elements (256 bytes).
+pub const ALIGN: usize = 64;
+
+/// The flat layout: tensors in a fixed order, `len` padded to a multiple of `ALIGN`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamLayout {
+    pub tensors: Vec<TensorSpec>,
+    pub len: usize,
+}
+
+/// The shared per-pixel log-variance of a Gaussian decoder with a learned variance.
+pub const DEC_LOGVAR: &str = "dec.logvar";
+
+impl ParamLayout {
+    pub fn new(cfg: &VaeConfig) -> Self {
+        let mut tensors = Vec::new();
+        let mut offset = 0;
+        let mut push = |name: String, shape: Vec<usize>| {
+            let len: usize = shape.iter().product();
+            tensors.push(TensorSpec {
+                name,
+                shape,
+                offset,
+            });
+            offset += len.next_multiple_of(ALIGN);
+        };
+        for d in cfg.layers().all() {
+            push(d.weight(), vec![d.fan_in, d.fan_out]);
+            push(d.bias(), vec![d.fan_out]);
+        }
+        if cfg.likelihood.learns_variance() {
+            push(DEC_LOGVAR.into(), vec![cfg.input]);
+        }
+        Self {
+            tensors,
+            len: offset,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> &TensorSpec {
+        self.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no tensor {name}"))
+    }
+
+    /// Number of trainable values (without alignment padding).
+    pub fn count(&self) -> usize {
+        self.tensors.iter().map(TensorSpec::len).sum()
+    }
+}
+
+/// PyTorch's `nn.Linear` initialization: weights Kaiming-uniform with a = √5 and biases uniform,
+/// both in ±1/√fan_in. The decoder log-variance starts at 0 (σ = 1). Padding stays 0.
+pub fn init_params(cfg: &VaeConfig, layout: &ParamLayout, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut flat = vec![0.0f32; layout.len];
+    for d in cfg.layers().all() {
+        let bound = 1.0 / (d.fan_in as f64).sqrt();
+        for name in [d.weight(), d.bias()] {
+            let t = layout.get(&name);
+            for v in &mut flat[t.offset..t.offset + t.len()] {
+                *v = rng.random_range(-bound..bound) as f32;
+            }
+        }
+    }
+    flat
+}

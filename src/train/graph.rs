@@ -1,0 +1,460 @@
+//! The training step as an explicit graph of recorded dispatches: batch gather, forward, fused
+//! loss, backward, optimizer. Every buffer, pipeline and bind group is built once here; a step is
+//! a few `queue.write_buffer`s of per-step scalars and one submit, with no readback.
+
+use std::collections::HashMap;
+
+use super::DeviceData;
+use crate::gpu::{Dispatch, Gpu, GpuError, Result, View};
+use crate::kernels::Activation;
+use crate::kernels::adam::{AdamBuffers, AdamConfig, AdamKernel, AdamStep};
+use crate::kernels::batch::{BatchKernel, Gather};
+use crate::kernels::elbo::{Elbo, ElboDispatches, ElboInputs, ElboOutputs, ElboShape};
+use crate::kernels::matmul::{Layout, Matmul, MatmulConfig};
+use crate::kernels::reduce::ReduceKernels;
+use crate::kernels::sample::{SampleShape, Sampler};
+use crate::model::{DEC_LOGVAR, Dense, ParamLayout, VaeConfig};
+
+/// Compiled matmul variants, one per epilogue configuration the graph uses.
+struct Matmuls<'g> {
+    gpu: &'g Gpu,
+    compiled: HashMap<MatmulConfig, Matmul>,
+}
+
+impl Matmuls<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn bind(
+        &mut self,
+        cfg: MatmulConfig,
+        (m, n, k): (usize, usize, usize),
+        a: &View,
+        b: &View,
+        c: &View,
+        bias: Option<&View>,
+        aux: Option<&View>,
+    ) -> Result<Dispatch> {
+        let gpu = self.gpu;
+        let matmul = match self.compiled.entry(cfg) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Matmul::new(gpu, cfg, None)?),
+        };
+        matmul.bind(gpu, m as u32, n as u32, k as u32, a, b, c, bias, aux)
+    }
+}
+
+/// Per-layer activations kept for the backward pass.
+struct LayerBuffers {
+    pre: View,
+    out: View,
+    /// Gradient with respect to `pre`.
+    dpre: View,
+}
+
+/// Everything one training step touches on the device.
+pub struct TrainGraph {
+    pub cfg: VaeConfig,
+    pub layout: ParamLayout,
+    pub batch: u32,
+    pub params: View,
+    pub grads: View,
+    pub m1: View,
+    pub m2: View,
+    /// The gathered batch [B, D] and the step's noise ε [B, L].
+    pub x: View,
+    pub eps: View,
+    /// ELBO sums of the last step: (Σ total, Σ rec, Σ kl, B).
+    pub batch_stats: View,
+    /// Running sums of `batch_stats` since the last reset: read back when logging.
+    pub running: View,
+    perm: View,
+    gather: Gather,
+    sampler: Sampler,
+    elbo: ElboDispatches,
+    adam: AdamStep,
+    /// Forward, loss and backward, in recording order (without gather and optimizer).
+    loss_and_grads: Vec<Dispatch>,
+    /// `loss_and_grads[..loss_end]` is the forward pass and the loss.
+    loss_end: usize,
+    seed: u64,
+}
+
+impl TrainGraph {
+    /// Builds the step for `batch` rows drawn from `data`. With `shared_params` the graph reads
+    /// (and its optimizer would update) another graph's parameters: an evaluation graph on the
+    /// test set uses this.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &VaeConfig,
+        batch: u32,
+        adam_cfg: AdamConfig,
+        seed: u64,
+        data: &DeviceData,
+        shared_params: Option<&View>,
+    ) -> Result<Self> {
+        let (pixels, items) = (&data.pixels, data.items);
+        let align = gpu.limits.min_storage_buffer_offset_alignment as usize;
+        if align > crate::model::ALIGN * 4 {
+            return Err(GpuError::AdapterTooSmall {
+                adapter: gpu.info.name.clone(),
+                what: "the flat parameter layout (256-byte tensor offsets)".into(),
+                limit: "min_storage_buffer_offset_alignment (at most)",
+                need: 256,
+                have: align as u64,
+            });
+        }
+        let layout = ParamLayout::new(cfg);
+        let layers = cfg.layers();
+        let (b, d, l) = (batch as usize, cfg.input, cfg.latent);
+        let flat = |name: &str| gpu.zeros(name, layout.len as u64);
+        let params = match shared_params {
+            Some(p) => p.clone(),
+            None => flat("params")?,
+        };
+        let (grads, m1, m2) = (flat("grads")?, flat("adam.m1")?, flat("adam.m2")?);
+        let view = |v: &View, name: &str| {
+            let t = layout.get(name);
+            v.slice(t.offset as u64, t.len() as u64)
+        };
+        let scratch = |name: &str, len: usize| gpu.zeros(name, len as u64);
+        let layer_buffers = |d: &Dense| -> Result<LayerBuffers> {
+            Ok(LayerBuffers {
+                pre: scratch(&format!("{}.pre", d.name), b * d.fan_out)?,
+                out: scratch(&format!("{}.out", d.name), b * d.fan_out)?,
+                dpre: scratch(&format!("{}.dpre", d.name), b * d.fan_out)?,
+            })
+        };
+        let enc: Vec<LayerBuffers> = layers
+            .encoder
+            .iter()
+            .map(layer_buffers)
+            .collect::<Result<_>>()?;
+        let dec: Vec<LayerBuffers> = layers
+            .decoder
+            .iter()
+            .map(layer_buffers)
+            .collect::<Result<_>>()?;
+        let x = scratch("x", b * d)?;
+        let (mu, logvar, z, eps) = (
+            scratch("mu", b * l)?,
+            scratch("logvar", b * l)?,
+            scratch("z", b * l)?,
+            scratch("eps", b * l)?,
+        );
+        let (dmu, dlogvar, dz) = (
+            scratch("dmu", b * l)?,
+            scratch("dlogvar", b * l)?,
+            scratch("dz", b * l)?,
+        );
+        let (logits, d_dec, d_dec_logvar) = (
+            scratch("dec", b * d)?,
+            scratch("d_dec", b * d)?,
+            scratch("d_dec_logvar", b * d)?,
+        );
+        let (stats, batch_stats, running) = (
+            scratch("elbo.stats", 3 * b)?,
+            scratch("elbo.batch", 4)?,
+            scratch("elbo.running", 4)?,
+        );
+
+        let perm = gpu.upload("perm", &(0..items as u32).collect::<Vec<_>>())?;
+        let gather = BatchKernel::new(gpu)?.bind(gpu, batch, d as u32, pixels, &perm, &x)?;
+        let sampler = Sampler::new(gpu, seed)?;
+        let reduce = ReduceKernels::new(gpu)?;
+        let mut mm = Matmuls {
+            gpu,
+            compiled: HashMap::new(),
+        };
+        let mut ops: Vec<Dispatch> = Vec::new();
+
+        // Forward.
+        let hidden = |act: Activation| MatmulConfig {
+            bias: true,
+            act,
+            store_pre: true,
+            ..MatmulConfig::new(Layout::NN)
+        };
+        let linear = MatmulConfig {
+            bias: true,
+            ..MatmulConfig::new(Layout::NN)
+        };
+        let mut input = x.clone();
+        for (layer, buf) in layers.encoder.iter().zip(&enc) {
+            let (w, bias) = (view(&params, &layer.weight()), view(&params, &layer.bias()));
+            ops.push(mm.bind(
+                hidden(layer.act),
+                (b, layer.fan_out, layer.fan_in),
+                &input,
+                &w,
+                &buf.out,
+                Some(&bias),
+                Some(&buf.pre),
+            )?);
+            input = buf.out.clone();
+        }
+        let top = input;
+        for (head, out) in [(&layers.mu, &mu), (&layers.logvar, &logvar)] {
+            let (w, bias) = (view(&params, &head.weight()), view(&params, &head.bias()));
+            ops.push(mm.bind(
+                linear,
+                (b, l, head.fan_in),
+                &top,
+                &w,
+                out,
+                Some(&bias),
+                None,
+            )?);
+        }
+        let shape = SampleShape {
+            rows: batch,
+            cols: l as u32,
+            samples: 1,
+        };
+        ops.push(sampler.forward(gpu, shape, 0, &mu, &logvar, &z, &eps)?);
+        let mut input = z.clone();
+        for (layer, buf) in layers.decoder.iter().zip(&dec) {
+            let (w, bias) = (view(&params, &layer.weight()), view(&params, &layer.bias()));
+            ops.push(mm.bind(
+                hidden(layer.act),
+                (b, layer.fan_out, layer.fan_in),
+                &input,
+                &w,
+                &buf.out,
+                Some(&bias),
+                Some(&buf.pre),
+            )?);
+            input = buf.out.clone();
+        }
+        let out = &layers.out;
+        let (w, bias) = (view(&params, &out.weight()), view(&params, &out.bias()));
+        ops.push(mm.bind(
+            linear,
+            (b, d, out.fan_in),
+            &input,
+            &w,
+            &logits,
+            Some(&bias),
+            None,
+        )?);
+
+        // Loss and its gradient with respect to the decoder output, μ and logσ².
+        let learned = cfg.likelihood.learns_variance();
+        let dec_logvar = learned.then(|| view(&params, DEC_LOGVAR));
+        let elbo = Elbo::new(gpu, cfg.likelihood)?.bind(
+            gpu,
+            ElboShape {
+                batch,
+                dim: d as u32,
+                latent: l as u32,
+            },
+            1.0,
+            1.0,
+            &ElboInputs {
+                x: &x,
+                dec: &logits,
+                dec_logvar: dec_logvar.as_ref(),
+                mu: &mu,
+                logvar: &logvar,
+            },
+            &ElboOutputs {
+                stats: &stats,
+                d_dec: &d_dec,
+                d_dec_logvar: learned.then_some(&d_dec_logvar),
+                dmu: &dmu,
+                dlogvar: &dlogvar,
+                batch: &batch_stats,
+                running: &running,
+            },
+        )?;
+        ops.extend(elbo.dispatches().into_iter().cloned());
+        let loss_end = ops.len();
+        if learned {
+            ops.push(reduce.column_sums(
+                gpu,
+                batch,
+                d as u32,
+                &d_dec_logvar,
+                &view(&grads, DEC_LOGVAR),
+                false,
+            )?);
+        }
+
+        // Backward, layer by layer from the top: dW = inᵀ·dpre, db = Σ dpre, and
+        // d(in) = dpre·Wᵀ, fused with the previous layer's activation derivative.
+        let weight_grad = MatmulConfig::new(Layout::TN);
+        let input_grad = |act: Option<Activation>, accumulate: bool| MatmulConfig {
+            grad_act: act,
+            accumulate,
+            ..MatmulConfig::new(Layout::NT)
+        };
+        let param_grads = |mm: &mut Matmuls,
+                           layer: &Dense,
+                           input: &View,
+                           dpre: &View,
+                           ops: &mut Vec<Dispatch>|
+         -> Result<()> {
+            ops.push(mm.bind(
+                weight_grad,
+                (layer.fan_in, layer.fan_out, b),
+                input,
+                dpre,
+                &view(&grads, &layer.weight()),
+                None,
+                None,
+            )?);
+            ops.push(reduce.column_sums(
+                gpu,
+                batch,
+                layer.fan_out as u32,
+                dpre,
+                &view(&grads, &layer.bias()),
+                false,
+            )?);
+            Ok(())
+        };
+        // Output layer and decoder.
+        let mut dpre = d_dec.clone();
+        let mut upper = &layers.out;
+        for i in (0..=layers.decoder.len()).rev() {
+            let input = if i == 0 { &z } else { &dec[i - 1].out };
+            param_grads(&mut mm, upper, input, &dpre, &mut ops)?;
+            let w = view(&params, &upper.weight());
+            let (target, cfg, aux) = if i == 0 {
+                (&dz, input_grad(None, false), None)
+            } else {
+                (
+                    &dec[i - 1].dpre,
+                    input_grad(Some(layers.decoder[i - 1].act), false),
+                    Some(&dec[i - 1].pre),
+                )
+            };
+            ops.push(mm.bind(
+                cfg,
+                (b, upper.fan_in, upper.fan_out),
+                &dpre,
+                &w,
+                target,
+                None,
+                aux,
+            )?);
+            dpre = target.clone();
+            if i > 0 {
+                upper = &layers.decoder[i - 1];
+            }
+        }
+        // Through the sample into μ and logσ² (which hold the KL gradient already).
+        ops.push(sampler.backward(gpu, shape, &dz, &eps, &logvar, &dmu, &dlogvar)?);
+        // Heads, then the encoder.
+        let top_input = if enc.is_empty() {
+            &x
+        } else {
+            &enc[enc.len() - 1].out
+        };
+        for (head, grad_in) in [(&layers.mu, &dmu), (&layers.logvar, &dlogvar)] {
+            param_grads(&mut mm, head, top_input, grad_in, &mut ops)?;
+        }
+        if let Some(last) = enc.last() {
+            let act = layers.encoder.last().unwrap().act;
+            for (k, (head, grad_in)) in [(&layers.mu, &dmu), (&layers.logvar, &dlogvar)]
+                .into_iter()
+                .enumerate()
+            {
+                let w = view(&params, &head.weight());
+                ops.push(mm.bind(
+                    input_grad(Some(act), k == 1),
+                    (b, head.fan_in, l),
+                    grad_in,
+                    &w,
+                    &last.dpre,
+                    None,
+                    Some(&last.pre),
+                )?);
+            }
+        }
+        for i in (0..layers.encoder.len()).rev() {
+            let layer = &layers.encoder[i];
+            let input = if i == 0 { &x } else { &enc[i - 1].out };
+            param_grads(&mut mm, layer, input, &enc[i].dpre, &mut ops)?;
+            if i > 0 {
+                let w = view(&params, &layer.weight());
+                let cfg = input_grad(Some(layers.encoder[i - 1].act), false);
+                ops.push(mm.bind(
+                    cfg,
+                    (b, layer.fan_in, layer.fan_out),
+                    &enc[i].dpre,
+                    &w,
+                    &enc[i - 1].dpre,
+                    None,
+                    Some(&enc[i - 1].pre),
+                )?);
+            }
+        }
+
+        let adam = AdamKernel::new(gpu, adam_cfg)?.bind(
+            gpu,
+            layout.len as u64,
+            &AdamBuffers {
+                param: &params,
+                grad: &grads,
+                m1: &m1,
+                m2: &m2,
+            },
+            None,
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            layout,
+            batch,
+            params,
+            grads,
+            m1,
+            m2,
+            x,
+            eps,
+            batch_stats,
+            running,
+            perm,
+            gather,
+            sampler,
+            elbo,
+            adam,
+            loss_and_grads: ops,
+            loss_end,
+            seed,
+        })
+    }
+
+    /// Gather, forward and loss (evaluation): adds the batch's ELBO sums to `running`.
+    pub fn loss_dispatches(&self) -> Vec<&Dispatch> {
+        std::iter::once(&self.gather.dispatch)
+            .chain(&self.loss_and_grads[..self.loss_end])
+            .collect()
+    }
+
+    /// Gather, forward, loss and backward: everything but the optimizer.
+    pub fn gradient_dispatches(&self) -> Vec<&Dispatch> {
+        std::iter::once(&self.gather.dispatch)
+            .chain(&self.loss_and_grads)
+            .collect()
+    }
+
+    /// One whole optimizer step.
+    pub fn step_dispatches(&self) -> Vec<&Dispatch> {
+        let mut v = self.gradient_dispatches();
+        v.push(&self.adam.dispatch);
+        v
+    }
+
+    /// Writes the per-step scalars: which rows of the permutation, the RNG step, Adam's step
+    /// number (1-based) and learning rate, and β.
+    pub fn prepare(&self, gpu: &Gpu, first_row: u32, step: u64, lr: f64, beta: f32) {
+        self.gather.set_first(gpu, first_row);
+        self.sampler.set_state(gpu, self.seed, step as u32);
+        self.adam.prepare(gpu, step + 1, lr);
+        self.elbo.set_beta(gpu, beta);
+    }
+
+    /// Replaces the epoch's permutation of the dataset (a few hundred KB, not the data).
+    pub fn set_permutation(&self, gpu: &Gpu, perm: &[u32]) {
+        gpu.write(&self.perm, perm);
+    }
+}

@@ -1,0 +1,475 @@
+//! The matmul kernels (tiled and subgroup, every layout, fused epilogues) against the f64 CPU
+//! reference, on every adapter present.
+//!
+//! Tolerance. A dot product of K terms computed in f32 in any order, with or without fused
+//! multiply-adds, satisfies the standard forward-error bound
+//! `|ŝ − s| ≤ γ_K · (|op(A)|·|op(B)|)ᵢⱼ` with `γ_K = K·u / (1 − K·u)`, `u = 2⁻²⁴` (Higham,
+//! *Accuracy and Stability of Numerical Algorithms*, §3.1): every term passes through at most K
+//! roundings (one product, at most K − 1 sums; the kernels' extra additions of exact zeros in
+//! masked K tails are exact). The bias is one more term: `γ_{K+1} · (|A||B| + |bias|)`. Products
+//! that flush to zero below f32's normal range add at most 2⁻¹²⁶ each.
+//!
+//! The epilogue then propagates and adds error: an activation with Lipschitz constant L ≤ 1.2
+//! (GELU's slope peaks at 1.13, the others at 1) maps an input error e to at most L·e, plus its
+//! own error, which WGSL's exp/log precision bounds at `(8 + 4|x|)·u·|y|` (as in
+//! tests/activation.rs); the derivative factor g has `(8 + 8|x|)·u·|g|` (tanh and sigmoid
+//! derivatives take exp of 2|x|); a product `y·g` adds `|g|·e_y + |y|·e_g + u·|y·g|`, the
+//! accumulation `u·|C|`. All of these are computed per element in f64.
+
+mod common;
+
+use common::{Lcg, U32, all_gpus, assert_close};
+use vae_wgpu::cpu::activation as act_cpu;
+use vae_wgpu::cpu::matmul as cpu;
+use vae_wgpu::gpu::{Gpu, GpuError};
+use vae_wgpu::kernels::Activation;
+use vae_wgpu::kernels::matmul::{Layout, Matmul, MatmulConfig, MatmulVariant};
+
+fn gamma(n: usize) -> f64 {
+    let nu = n as f64 * U32;
+    nu / (1.0 - nu)
+}
+
+/// Activations whose WGSL implementation is exact up to one rounding.
+fn exact_act(act: Activation) -> bool {
+    matches!(
+        act,
+        Activation::Identity | Activation::Relu | Activation::LeakyRelu
+    )
+}
+
+/// Inputs of one fused product (host copies of what is uploaded).
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    /// The pre-activation read by `grad_act`.
+    aux: Option<Vec<f32>>,
+    /// C before the dispatch (read back when accumulating).
+    c_old: Vec<f32>,
+}
+
+impl Case {
+    fn random(cfg: &MatmulConfig, m: usize, n: usize, k: usize, seed: u64) -> Self {
+        let mut rng = Lcg(seed);
+        Case {
+            m,
+            n,
+            k,
+            a: rng.vec(m * k, -1.0, 1.0),
+            b: rng.vec(k * n, -1.0, 1.0),
+            bias: cfg.bias.then(|| rng.vec(n, -1.0, 1.0)),
+            aux: cfg.grad_act.map(|_| rng.vec(m * n, -4.0, 4.0)),
+            c_old: rng.vec(m * n, -1.0, 1.0),
+        }
+    }
+}
+
+/// Runs `case` through `matmul` and checks C (and the stored pre-activation) against the
+/// reference within the bound derived in the module docs. Returns the worst err/tol.
+fn check(gpu: &Gpu, matmul: &Matmul, case: &Case, what: &str) -> f64 {
+    let cfg = *matmul.config();
+    let (m, n, k) = (case.m, case.n, case.k);
+    let name = format!(
+        "{what}: {:?} {m}x{n}x{k} {} on {}",
+        cfg,
+        matmul.variant().name(),
+        gpu.info.name
+    );
+    let av = gpu.upload("a", &case.a).unwrap();
+    let bv = gpu.upload("b", &case.b).unwrap();
+    let cv = gpu.upload("c", &case.c_old).unwrap();
+    let biasv = case.bias.as_ref().map(|b| gpu.upload("bias", b).unwrap());
+    let auxv = if cfg.store_pre {
+        Some(gpu.zeros("aux", (m * n) as u64).unwrap())
+    } else {
+        case.aux.as_ref().map(|x| gpu.upload("aux", x).unwrap())
+    };
+    let dispatch = matmul
+        .bind(
+            gpu,
+            m as u32,
+            n as u32,
+            k as u32,
+            &av,
+            &bv,
+            &cv,
+            biasv.as_ref(),
+            auxv.as_ref(),
+        )
+        .unwrap();
+    gpu.run(&[&dispatch]).unwrap();
+    let got: Vec<f32> = gpu.read(&cv).unwrap();
+
+    let want = cpu::fused(
+        &cfg,
+        m,
+        n,
+        k,
+        &case.a,
+        &case.b,
+        case.bias.as_deref(),
+        case.aux.as_deref(),
+        Some(&case.c_old),
+    );
+    let scale = cpu::matmul_abs(cfg.layout, m, n, k, &case.a, &case.b);
+    let ftz = k as f64 * f32::MIN_POSITIVE as f64;
+    let pre_err: Vec<f64> = (0..m * n)
+        .map(|i| {
+            let bias = case.bias.as_ref().map_or(0.0, |b| (b[i % n] as f64).abs());
+            let terms = k + usize::from(cfg.bias);
+            gamma(terms) * (scale[i] + bias) + ftz
+        })
+        .collect();
+    let tol = |i: usize| {
+        let p = want.pre[i];
+        let y = act_cpu::forward(cfg.act, p);
+        let own = if exact_act(cfg.act) {
+            0.0
+        } else {
+            (8.0 + 4.0 * p.abs().min(100.0)) * U32
+        };
+        let mut e = 1.2 * pre_err[i] + (own + U32) * y.abs();
+        let mut v = y;
+        if let Some(g_act) = cfg.grad_act {
+            let x = case.aux.as_ref().unwrap()[i] as f64;
+            let g = act_cpu::derivative(g_act, x);
+            let e_g = if exact_act(g_act) {
+                0.0
+            } else {
+                (8.0 + 8.0 * x.abs().min(100.0)) * U32 * g.abs()
+            };
+            v = y * g;
+            e = g.abs() * e + y.abs() * e_g + U32 * v.abs();
+        }
+        if cfg.accumulate {
+            e += U32 * (v + case.c_old[i] as f64).abs();
+        }
+        e
+    };
+    let worst = assert_close(&name, &got, &want.c, tol);
+    if cfg.store_pre {
+        let pre: Vec<f32> = gpu.read(auxv.as_ref().unwrap()).unwrap();
+        assert_close(&format!("{name} (pre-activation)"), &pre, &want.pre, |i| {
+            pre_err[i]
+        });
+    }
+    worst
+}
+
+/// Shapes not multiples of any tile, covering 1, primes, 129, 784 and the model's shapes: partial
+/// tiles in every dimension for both kernels (64×64 tiles), K of every residue mod 4 (the
+/// subgroup kernel's k-blocks) and not a multiple of 16 (the tiled kernel's K slices).
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 3, 17),
+    (3, 17, 127),
+    (17, 129, 3),
+    (127, 3, 129),
+    (65, 66, 130),
+    (129, 784, 17),
+    (784, 127, 128),
+    (4, 8, 12),
+    (128, 400, 784),
+    (784, 400, 128),
+];
+
+#[test]
+fn layouts_match_the_cpu_reference_on_every_variant() {
+    for gpu in all_gpus() {
+        for variant in MatmulVariant::available(&gpu) {
+            for layout in Layout::ALL {
+                let cfg = MatmulConfig::new(layout);
+                let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
+                assert_eq!(matmul.variant(), variant);
+                for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
+                    let case = Case::random(&cfg, m, n, k, 100 + i as u64);
+                    check(&gpu, &matmul, &case, "product");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_epilogues_match_the_cpu_reference() {
+    let base = MatmulConfig::new(Layout::NN);
+    let configs = [
+        MatmulConfig {
+            bias: true,
+            act: Activation::Relu,
+            ..base
+        },
+        MatmulConfig {
+            bias: true,
+            act: Activation::Tanh,
+            store_pre: true,
+            ..base
+        },
+        MatmulConfig {
+            bias: true,
+            act: Activation::Gelu,
+            store_pre: true,
+            ..base
+        },
+        MatmulConfig {
+            grad_act: Some(Activation::Relu),
+            ..base
+        },
+        MatmulConfig {
+            grad_act: Some(Activation::Tanh),
+            ..base
+        },
+        MatmulConfig {
+            accumulate: true,
+            ..base
+        },
+        MatmulConfig {
+            bias: true,
+            act: Activation::Sigmoid,
+            accumulate: true,
+            ..base
+        },
+        MatmulConfig {
+            grad_act: Some(Activation::Sigmoid),
+            accumulate: true,
+            ..base
+        },
+        MatmulConfig {
+            bias: true,
+            act: Activation::LeakyRelu,
+            ..base
+        },
+    ];
+    // Partial tiles with a K tail, and a shape whose sizes are multiples of 4. The epilogue code
+    // does not depend on the layout, so each config runs in one layout, in turn (every layout is
+    // covered by the product test): a pipeline per config and variant keeps the driver's shader
+    // compiles (about a second each on lavapipe) within reason.
+    let shapes = [(37, 33, 65), (64, 40, 36)];
+    for gpu in all_gpus() {
+        for variant in MatmulVariant::available(&gpu) {
+            for (i, cfg) in configs.into_iter().enumerate() {
+                let cfg = MatmulConfig {
+                    layout: Layout::ALL[i % 3],
+                    ..cfg
+                };
+                let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
+                for (j, &(m, n, k)) in shapes.iter().enumerate() {
+                    let case = Case::random(&cfg, m, n, k, 7 + j as u64);
+                    check(&gpu, &matmul, &case, "epilogue");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn edge_values() {
+    // Exact zeros, ±1e3 magnitudes with mixed signs (sums up to ~1e8 that cancel), and a
+    // sparse mix: the bound scales with |A||B|, so zeros must come out exact.
+    let shapes = [(33, 47, 129), (32, 64, 36)];
+    for gpu in all_gpus() {
+        for variant in MatmulVariant::available(&gpu) {
+            for layout in Layout::ALL {
+                let cfg = MatmulConfig {
+                    bias: true,
+                    act: Activation::Relu,
+                    ..MatmulConfig::new(layout)
+                };
+                let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
+                for &(m, n, k) in &shapes {
+                    let mut rng = Lcg(3);
+                    let zeros = Case {
+                        m,
+                        n,
+                        k,
+                        a: vec![0.0; m * k],
+                        b: rng.vec(k * n, -1e3, 1e3),
+                        bias: Some(vec![0.0; n]),
+                        aux: None,
+                        c_old: vec![f32::NAN; m * n],
+                    };
+                    check(&gpu, &matmul, &zeros, "zero A");
+                    let big = Case {
+                        m,
+                        n,
+                        k,
+                        a: rng.vec(m * k, -1e3, 1e3),
+                        b: rng.vec(k * n, -1e3, 1e3),
+                        bias: Some(rng.vec(n, -1e3, 1e3)),
+                        aux: None,
+                        c_old: vec![0.0; m * n],
+                    };
+                    check(&gpu, &matmul, &big, "±1e3");
+                    let sparse = |rng: &mut Lcg, len| -> Vec<f32> {
+                        (0..len)
+                            .map(|_| match (rng.next_f64() * 4.0) as u32 {
+                                0 => 0.0,
+                                1 => rng.uniform(-1e3, 1e3) as f32,
+                                2 => rng.uniform(-1e-3, 1e-3) as f32,
+                                _ => -1.0,
+                            })
+                            .collect()
+                    };
+                    let mixed = Case {
+                        m,
+                        n,
+                        k,
+                        a: sparse(&mut rng, m * k),
+                        b: sparse(&mut rng, k * n),
+                        bias: Some(sparse(&mut rng, n)),
+                        aux: None,
+                        c_old: vec![0.0; m * n],
+                    };
+                    check(&gpu, &matmul, &mixed, "mixed magnitudes");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn huge_grids_fold_under_the_dispatch_limit() {
+    // 1×1 · 1×N with N past 65535 workgroups of either kernel (64 and 32 columns each).
+    let n = 4_200_001;
+    for gpu in all_gpus() {
+        for variant in MatmulVariant::available(&gpu) {
+            let cfg = MatmulConfig::new(Layout::NN);
+            let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
+            let b: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
+            let case = Case {
+                m: 1,
+                n,
+                k: 1,
+                a: vec![-0.5],
+                b,
+                bias: None,
+                aux: None,
+                c_old: vec![0.0; n],
+            };
+            check(&gpu, &matmul, &case, "folded grid");
+        }
+    }
+}
+
+#[test]
+fn the_subgroup_kernel_runs_on_lavapipe() {
+    // The fast path must not silently go untested: wherever the Vulkan software adapter is
+    // present, it has subgroups and the default choice is the subgroup kernel.
+    for gpu in all_gpus() {
+        let lavapipe = gpu.info.backend == wgpu::Backend::Vulkan && gpu.is_software();
+        if lavapipe {
+            assert!(gpu.has_subgroups(), "{} lacks subgroups", gpu.describe());
+        }
+        let matmul = Matmul::new(&gpu, MatmulConfig::new(Layout::NN), None).unwrap();
+        let want = if lavapipe {
+            MatmulVariant::Subgroup
+        } else {
+            MatmulVariant::auto(&gpu)
+        };
+        assert_eq!(matmul.variant(), want, "{}", gpu.describe());
+        assert_eq!(
+            MatmulVariant::available(&gpu).contains(&MatmulVariant::Subgroup),
+            gpu.has_subgroups()
+        );
+    }
+}
+
+#[test]
+fn bad_bindings_are_typed_errors() {
+    for gpu in all_gpus() {
+        if !gpu.has_subgroups() {
+            let e = Matmul::new(
+                &gpu,
+                MatmulConfig::new(Layout::NN),
+                Some(MatmulVariant::Subgroup),
+            );
+            assert!(matches!(e, Err(GpuError::Shape { .. })), "{e:?}");
+        }
+        let both = MatmulConfig {
+            store_pre: true,
+            grad_act: Some(Activation::Relu),
+            ..MatmulConfig::new(Layout::NN)
+        };
+        assert!(matches!(
+            Matmul::new(&gpu, both, None),
+            Err(GpuError::Shape { .. })
+        ));
+
+        let cfg = MatmulConfig {
+            bias: true,
+            ..MatmulConfig::new(Layout::TN)
+        };
+        let matmul = Matmul::new(&gpu, cfg, None).unwrap();
+        let v = |len| gpu.zeros("v", len).unwrap();
+        let (a, b, c, bias) = (v(12), v(20), v(15), v(5));
+        // 3×5 = (4×3)ᵀ · 4×5: fits exactly.
+        assert!(
+            matmul
+                .bind(&gpu, 3, 5, 4, &a, &b, &c, Some(&bias), None)
+                .is_ok()
+        );
+        let short = v(14);
+        for e in [
+            matmul.bind(&gpu, 3, 5, 4, &a, &b, &short, Some(&bias), None),
+            matmul.bind(&gpu, 3, 5, 4, &a, &short, &c, Some(&bias), None),
+            matmul.bind(&gpu, 3, 5, 4, &a, &b, &c, Some(&v(4)), None),
+            matmul.bind(&gpu, 3, 5, 4, &a, &b, &c, None, None),
+            matmul.bind(&gpu, 3, 5, 4, &a, &b, &c, Some(&bias), Some(&c)),
+            matmul.bind(&gpu, 0, 5, 4, &a, &b, &c, Some(&bias), None),
+        ] {
+            match e {
+                Err(GpuError::Shape { kernel, reason }) => {
+                    assert!(kernel.starts_with("matmul"), "{kernel}: {reason}")
+                }
+                other => panic!("expected a shape error, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_layouts_are_explicit_transposes() {
+    // TN and NT equal NN on explicitly transposed inputs, bit for bit (same summation order).
+    let mut rng = Lcg(5);
+    for &(m, n, k) in &[(1, 1, 1), (3, 17, 5), (17, 4, 33), (8, 9, 10)] {
+        let a = rng.vec(m * k, -1.0, 1.0); // M×K
+        let b = rng.vec(k * n, -1.0, 1.0); // K×N
+        let nn = cpu::matmul(Layout::NN, m, n, k, &a, &b);
+        let at = cpu::transpose(m, k, &a); // K×M
+        let bt = cpu::transpose(k, n, &b); // N×K
+        assert_eq!(cpu::matmul(Layout::TN, m, n, k, &at, &b), nn);
+        assert_eq!(cpu::matmul(Layout::NT, m, n, k, &a, &bt), nn);
+        // And NN itself against the textbook triple loop.
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                    .sum();
+                assert_eq!(nn[i * n + j], s);
+            }
+        }
+    }
+    // The epilogue on a hand-checked element: relu(2·3 + (−1)·4 + 0.5) = 2.5, plus old C 1.
+    let cfg = MatmulConfig {
+        bias: true,
+        act: Activation::Relu,
+        accumulate: true,
+        ..MatmulConfig::new(Layout::NN)
+    };
+    let f = cpu::fused(
+        &cfg,
+        1,
+        1,
+        2,
+        &[2.0f32, -1.0],
+        &[3.0, 4.0],
+        Some(&[0.5]),
+        None,
+        Some(&[1.0]),
+    );
+    assert_eq!((f.c[0], f.pre[0]), (3.5, 2.5));
+}

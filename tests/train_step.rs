@@ -1,0 +1,115 @@
+//! The GPU training graph against the CPU reference step: the same parameters, batch and ε give
+//! the same loss and gradients, and several Adam steps give the same parameters.
+
+mod common;
+
+use common::{Lcg, all_gpus, to_f64};
+use vae_wgpu::cpu::{adam as cpu_adam, batch as cpu_batch, vae};
+use vae_wgpu::kernels::Activation;
+use vae_wgpu::kernels::adam::AdamConfig;
+use vae_wgpu::kernels::batch::upload_pixels;
+use vae_wgpu::kernels::elbo::Likelihood;
+use vae_wgpu::model::{VaeConfig, init_params};
+use vae_wgpu::train::{DeviceData, TrainGraph};
+
+/// Normwise comparison per tensor: |gpu − cpu| ≤ tol · max|cpu| over the tensor. Each gradient
+/// is a chain of up to 8 f32 matmuls/reductions over at most 37 terms (γ ≈ 37u ≈ 2e-6 each) plus
+/// the WGSL exp/log bounds in the loss, so 2e-4 of the tensor's largest entry leaves a margin of
+/// ~10 while still catching any wrong index, transpose or missing term (those are O(1) errors).
+const NORMWISE: f64 = 2e-4;
+
+fn compare(what: &str, layout: &vae_wgpu::model::ParamLayout, got: &[f32], want: &[f64]) {
+    for t in &layout.tensors {
+        let r = t.offset..t.offset + t.len();
+        let scale = want[r.clone()]
+            .iter()
+            .fold(0.0f64, |m, v| m.max(v.abs()))
+            .max(1e-30);
+        let worst = r
+            .clone()
+            .map(|i| (got[i] as f64 - want[i]).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst <= NORMWISE * scale,
+            "{what} {}: max error {worst:e} vs scale {scale:e}",
+            t.name
+        );
+    }
+}
+
+#[test]
+fn gpu_step_matches_cpu_reference() {
+    let cases = [
+        (Likelihood::Bernoulli, Activation::Relu),
+        (Likelihood::Bernoulli, Activation::Tanh),
+        (Likelihood::Gaussian { sigma: 0.5 }, Activation::Elu),
+        (
+            Likelihood::GaussianLearned { shared: true },
+            Activation::Softplus,
+        ),
+    ];
+    for gpu in all_gpus() {
+        for (likelihood, act) in cases {
+            let cfg = VaeConfig {
+                input: 37,
+                hidden: vec![19, 11],
+                latent: 5,
+                act,
+                likelihood,
+            };
+            let (batch, items) = (7u32, 13usize);
+            let mut rng = Lcg(5);
+            let pixels: Vec<u8> = (0..items * cfg.input)
+                .map(|_| (rng.next_f64() * 256.0) as u8)
+                .collect();
+            let data = DeviceData {
+                pixels: upload_pixels(&gpu, "pixels", &pixels).unwrap(),
+                items,
+                dim: cfg.input,
+            };
+            let adam = AdamConfig::default();
+            let g = TrainGraph::new(&gpu, &cfg, batch, adam, 77, &data, None).unwrap();
+            let init = init_params(&cfg, &g.layout, 1);
+            gpu.write(&g.params, &init);
+            let perm: Vec<u32> = (0..items as u32).map(|i| (i * 5) % items as u32).collect();
+            g.set_permutation(&gpu, &perm);
+
+            let mut p_ref = to_f64(&init);
+            let mut state = cpu_adam::AdamState::new(p_ref.len());
+            let name = format!("{likelihood:?}/{act:?} on {}", gpu.describe());
+            for step in 0..3u64 {
+                let first = (step as usize * 3) % (items - batch as usize);
+                g.prepare(&gpu, first as u32, step, adam.lr, 1.0);
+                gpu.run(&g.gradient_dispatches()).unwrap();
+                let eps: Vec<f32> = gpu.read(&g.eps).unwrap();
+                let grads: Vec<f32> = gpu.read(&g.grads).unwrap();
+                let stats: Vec<f32> = gpu.read(&g.batch_stats).unwrap();
+                let x = cpu_batch::gather(&pixels, cfg.input, &perm, first, batch as usize);
+                let r = vae::step(&cfg, &g.layout, &p_ref, &x, &to_f64(&eps), 1.0);
+                let loss_err = (stats[0] as f64 - r.total).abs();
+                assert!(
+                    loss_err <= 1e-5 * r.total.abs().max(1.0),
+                    "{name} step {step}: loss {} vs {}",
+                    stats[0],
+                    r.total
+                );
+                compare(
+                    &format!("{name} step {step} grad"),
+                    &g.layout,
+                    &grads,
+                    &r.grads,
+                );
+                // The optimizer step on both sides from the same gradient.
+                gpu.run(&[g.step_dispatches().last().unwrap()]).unwrap();
+                cpu_adam::step(&adam, &mut state, &mut p_ref, &r.grads);
+                let params: Vec<f32> = gpu.read(&g.params).unwrap();
+                compare(
+                    &format!("{name} step {step} params"),
+                    &g.layout,
+                    &params,
+                    &p_ref,
+                );
+            }
+        }
+    }
+}
