@@ -9,38 +9,10 @@
 // M, N, K >= 1 works.
 //
 // Layouts (row-major storage): NN A is MxK, B is KxN; TN (TRANS_A) A is KxM; NT (TRANS_B) B is
-// NxK. The epilogue matches shaders/matmul_subgroup.wgsl exactly: + bias[col], store the
+// NxK. The bindings and epilogue (shaders/matmul_common.wgsl) are shared with
+// shaders/matmul_subgroup.wgsl: + bias[col], store the
 // pre-activation (STORE_PRE), act_forward(ACT), times act_derivative(GRAD_ACT, aux) (HAS_GRAD),
 // + the old C (ACCUMULATE).
-
-struct MatmulParams {
-    m: u32,
-    n: u32,
-    k: u32,
-    // Column tiles and total tiles; the grid may be folded into x/y (`Gpu::grid_1d`).
-    tiles_n: u32,
-    tiles: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
-override HAS_BIAS: bool = false;
-override ACT: u32 = 0u;
-override STORE_PRE: bool = false;
-override HAS_GRAD: bool = false;
-override GRAD_ACT: u32 = 0u;
-override ACCUMULATE: bool = false;
-
-@group(0) @binding(0) var<uniform> mm: MatmulParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-// STORE_PRE: receives the pre-activation; HAS_GRAD: holds it (read only).
-@group(0) @binding(5) var<storage, read_write> aux: array<f32>;
 
 const TILE: u32 = 64u;
 const BK: u32 = 16u;
@@ -54,28 +26,6 @@ const STRIDE: u32 = TILE + 1u;
 // Staged slices, k-major: as_[k * STRIDE + m] = op(A)[m0 + m, k0 + k], bs[k * STRIDE + n].
 var<workgroup> as_: array<f32, BK * STRIDE>;
 var<workgroup> bs: array<f32, BK * STRIDE>;
-
-fn mm_epilogue(row: u32, col: u32, sum: f32) {
-    if (row >= mm.m || col >= mm.n) {
-        return;
-    }
-    let i = row * mm.n + col;
-    var v = sum;
-    if (HAS_BIAS) {
-        v += bias[col];
-    }
-    if (STORE_PRE) {
-        aux[i] = v;
-    }
-    v = act_forward(ACT, v);
-    if (HAS_GRAD) {
-        v *= act_derivative(GRAD_ACT, aux[i]);
-    }
-    if (ACCUMULATE) {
-        v += c[i];
-    }
-    c[i] = v;
-}
 
 // Stages op(A)[m0 .. m0+63, k0 .. k0+15] and op(B)[k0 .. k0+15, n0 .. n0+63], zero outside the
 // matrices. Consecutive invocations read consecutive addresses in every layout.

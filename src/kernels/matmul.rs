@@ -243,7 +243,7 @@ impl Matmul {
             });
         }
         let source = match source {
-            Some(s) => format!("{}\n{s}", super::shader_file("common.wgsl")),
+            Some(s) => super::compose_with("matmul.wgsl", s),
             None => compose(match variant {
                 MatmulVariant::Tiled => "matmul.wgsl",
                 MatmulVariant::Subgroup => "matmul_subgroup.wgsl",

@@ -21,6 +21,10 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("elbo.wgsl", include_str!("../../shaders/elbo.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     (
+        "matmul_common.wgsl",
+        include_str!("../../shaders/matmul_common.wgsl"),
+    ),
+    (
         "matmul_subgroup.wgsl",
         include_str!("../../shaders/matmul_subgroup.wgsl"),
     ),
@@ -36,9 +40,26 @@ pub fn shader_file(name: &str) -> &'static str {
         .unwrap_or_else(|| panic!("no shader file {name}"))
 }
 
-/// A kernel family's full source: the shared helpers followed by the family's file.
+/// Shared files prepended to a family, in order: `common.wgsl` for all, plus the matmul
+/// bindings and epilogue for both matmul kernels.
+pub fn preludes(family: &str) -> &'static [&'static str] {
+    if family.starts_with("matmul") {
+        &["common.wgsl", "matmul_common.wgsl"]
+    } else {
+        &["common.wgsl"]
+    }
+}
+
+/// A kernel family's full source: its preludes followed by the family's file.
 pub fn compose(family: &str) -> String {
-    format!("{}\n{}", shader_file("common.wgsl"), shader_file(family))
+    compose_with(family, shader_file(family))
+}
+
+/// `family`'s preludes followed by `body` in place of the family's file (for kernel experiments).
+pub fn compose_with(family: &str, body: &str) -> String {
+    let mut src: Vec<&str> = preludes(family).iter().map(|f| shader_file(f)).collect();
+    src.push(body);
+    src.join("\n")
 }
 
 /// A compiled module as the GPU sees it: which file, which naga capabilities it needs.
