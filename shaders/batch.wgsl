@@ -1,13 +1,25 @@
 // Batch assembly from the device-resident dataset: the dataset stays as bytes (four pixels per
 // u32, 4x smaller than f32, so full Fashion-MNIST fits one binding), and each step gathers its
 // rows through the epoch's permutation, converting to f32 in [0, 1].
+//
+// With BINARIZE each pixel p = byte / 255 becomes a Bernoulli(p) draw: 1 when the Philox word of
+// (block of the column, item, draw, 1) says u < p. The comparison is done in integers, exactly:
+// u = (2k + 1) 2^-24 with k the word's top 23 bits, so u < byte/255 <=> (2k + 1) 255 < byte 2^24
+// (both sides < 2^32). A fixed `draw` gives static binarization, a new one per epoch dynamic.
+
+override BINARIZE: bool = false;
 
 struct Params {
     rows: u32,
     dim: u32,
     // Index into `perm` of the batch's first row; rewritten each step.
     first: u32,
-    _pad: u32,
+    // Which binarization of the dataset (third Philox counter word).
+    draw: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -16,6 +28,13 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 256u;
+
+fn binarized(byte: u32, item: u32, col: u32) -> f32 {
+    let words = philox4x32_10(vec4<u32>(col / 4u, item, params.draw, 1u),
+                              vec2<u32>(params.seed_lo, params.seed_hi));
+    let k = words[col & 3u] >> 9u;
+    return select(0.0, 1.0, (2u * k + 1u) * 255u < (byte << 24u));
+}
 
 @compute @workgroup_size(WG)
 fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -26,7 +45,12 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     let row = i / params.dim;
     let col = i - row * params.dim;
-    let byte = perm[params.first + row] * params.dim + col;
-    let word = pixels[byte >> 2u];
-    out[i] = f32((word >> ((byte & 3u) * 8u)) & 0xffu) / 255.0;
+    let item = perm[params.first + row];
+    let byte_index = item * params.dim + col;
+    let byte = (pixels[byte_index >> 2u] >> ((byte_index & 3u) * 8u)) & 0xffu;
+    if (BINARIZE) {
+        out[i] = binarized(byte, item, col);
+    } else {
+        out[i] = f32(byte) / 255.0;
+    }
 }

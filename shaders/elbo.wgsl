@@ -208,7 +208,9 @@ fn rows_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 @group(0) @binding(1) var<storage, read> stats_in: array<f32>;
 // [total, rec, kl, samples] summed over the batch.
 @group(0) @binding(2) var<storage, read_write> batch_sums: array<f32>;
-// += the same four values each time this runs; the host zeroes it per logging interval.
+// [0..4] += the same four values each time this runs; the host zeroes it per logging interval.
+// [4] counts the batches before the first whose total was not finite, [5] becomes 1 at that
+// batch: so the host names the exact step where a loss went NaN/Inf while reading back rarely.
 @group(0) @binding(3) var<storage, read_write> running: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -224,6 +226,17 @@ fn batch_total(@builtin(local_invocation_index) lid: u32) {
         for (var k = 0u; k < 4u; k = k + 1u) {
             batch_sums[k] = t[k];
             running[k] = running[k] + t[k];
+        }
+        // Finite <=> the exponent bits are not all ones. Tested on the bits because shader
+        // compilers may assume floats are never NaN (GL's llvmpipe folds NaN comparisons).
+        let exponents = bitcast<vec3<u32>>(t.xyz) & vec3<u32>(0x7f800000u);
+        let finite = all(exponents != vec3<u32>(0x7f800000u));
+        if (running[5] == 0.0) {
+            if (finite) {
+                running[4] = running[4] + 1.0;
+            } else {
+                running[5] = 1.0;
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use common::{Lcg, U32, all_gpus, assert_close, to_f64};
 use vae_wgpu::cpu::activation::sigmoid;
 use vae_wgpu::cpu::elbo::{self as cpu, Dims, Inputs, Likelihood};
 use vae_wgpu::gpu::{Gpu, View};
-use vae_wgpu::kernels::elbo::{Elbo, ElboInputs, ElboOutputs, ElboShape};
+use vae_wgpu::kernels::elbo::{Elbo, ElboInputs, ElboOutputs, ElboShape, RUNNING_LEN, Running};
 
 const LIKELIHOODS: [Likelihood; 4] = [
     Likelihood::Bernoulli,
@@ -232,7 +232,7 @@ fn run_gpu(gpu: &Gpu, elbo: &Elbo, beta: f32, scale: f32, d: &Data) -> GpuOut {
     let d_dec_lv: Option<View> = learned.then(|| zeros("d_dec_logvar", bd));
     let (stats, d_dec) = (zeros("stats", shape.stats_len()), zeros("d_dec", bd));
     let (dmu, dlv) = (zeros("dmu", bl), zeros("dlv", bl));
-    let (batch, running) = (zeros("batch", 4), up("running", &[0.0f32; 4]));
+    let (batch, running) = (zeros("batch", 4), up("running", &[0.0f32; RUNNING_LEN]));
     let inputs = ElboInputs {
         x: &x,
         dec: &dec,
@@ -414,9 +414,12 @@ fn check(name: &str, likelihood: Likelihood, beta: f32, scale: f32, d: &Data, g:
     assert_close(&format!("{name} batch"), &g.batch, &sums, |k| {
         sum_roundings(wg, batch) * u * mags[k] + own[k]
     });
-    // Two runs into a zeroed accumulator: 0 + s + s = 2s exactly.
+    // Two runs into a zeroed accumulator: 0 + s + s = 2s exactly, and two finite runs counted.
     let twice: Vec<f32> = g.batch.iter().map(|v| 2.0 * v).collect();
-    assert_eq!(g.running, twice, "{name}: running accumulator");
+    assert_eq!(g.running[..4], twice, "{name}: running accumulator");
+    let finite = g.batch.iter().all(|v| v.is_finite());
+    let tracker: &[f32] = if finite { &[2.0, 0.0] } else { &[0.0, 1.0] };
+    assert_eq!(g.running[4..], *tracker, "{name}: non-finite tracker");
 
     // Elementwise gradients.
     assert_close(&format!("{name} d_dec"), &g.d_dec, &want.d_dec, |i| {
@@ -564,7 +567,7 @@ fn beta_can_change_between_submits() {
             z("dmu", 35),
             z("dlv", 35),
             z("batch", 4),
-            z("running", 4),
+            z("running", RUNNING_LEN as u64),
         );
         let ds = elbo
             .bind(
@@ -609,6 +612,23 @@ fn beta_can_change_between_submits() {
                 "beta {beta}"
             );
         }
+        // Three finite runs so far; a NaN in the fourth is located, and later runs keep it.
+        let r: Vec<f32> = gpu.read(&running).unwrap();
+        assert_eq!(Running::from_raw(&r).first_nonfinite, None);
+        assert_eq!(r[4..], [3.0, 0.0]);
+        let mut bad = d.dec.clone();
+        bad[40] = f32::NAN;
+        gpu.write(&dec, &bad);
+        gpu.run(&ds.dispatches()).unwrap();
+        gpu.write(&dec, &d.dec);
+        gpu.run(&ds.dispatches()).unwrap();
+        let r = Running::from_raw(&gpu.read::<f32>(&running).unwrap());
+        assert!(r.total.is_nan(), "the NaN reached the running sum");
+        assert_eq!(
+            r.first_nonfinite,
+            Some(3),
+            "the fourth run (index 3) went NaN"
+        );
     }
 }
 

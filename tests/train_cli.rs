@@ -12,12 +12,15 @@ fn vae(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn impossible_hyperparameters_are_rejected_with_the_allowed_range() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--batch", "0"], "--batch must be at least 1"),
         (&["--latent", "0"], "--latent must be at least 1"),
         (&["--lr=-0.001"], "--lr must be a positive number"),
         (&["--beta=-1"], "--beta must be >= 0"),
         (&["--hidden", "400,0"], "--hidden widths must be at least 1"),
+        (&["--max-norm=-1"], "--max-norm must be >= 0"),
+        (&["--epochs", "0"], "--epochs must be at least 1"),
+        (&["--max-steps", "0"], "--max-steps must be at least 1"),
     ];
     for (args, needle) in cases {
         let out = vae(&[&["train", "--quiet"], args].concat());
@@ -64,5 +67,40 @@ fn one_epoch_on_the_shipped_data_learns_and_writes_the_run() {
     assert!(
         test_loss < 225.0,
         "test -ELBO {test_loss} after one epoch\n{stdout}"
+    );
+}
+
+/// Nothing already saved is replaced by accident, and `--resume` takes every setting from the
+/// checkpoint (so a conflicting flag is an error, not silently ignored). All of these are decided
+/// before a device is opened.
+#[test]
+fn runs_are_not_overwritten_and_resume_takes_its_settings_from_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("checkpoint.safetensors"), b"saved").unwrap();
+    let run_s = run.to_str().unwrap();
+    let empty = dir.path().join("empty");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--out", run_s], "already holds a run"),
+        (&["--resume", run_s, "--lr", "0.1"], "cannot be used with"),
+        (
+            &["--resume", empty.to_str().unwrap()],
+            "no checkpoint to resume",
+        ),
+        (&["--resume", run_s], "truncated or corrupt"),
+    ];
+    for (args, needle) in cases {
+        let out = vae(&[&["train", "--quiet"], args].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: expected `{needle}` in {stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(run.join("checkpoint.safetensors")).unwrap(),
+        b"saved"
     );
 }

@@ -10,6 +10,7 @@ use vae_wgpu::kernels::adam::AdamConfig;
 use vae_wgpu::kernels::batch::upload_pixels;
 use vae_wgpu::kernels::elbo::Likelihood;
 use vae_wgpu::model::{VaeConfig, init_params};
+use vae_wgpu::train::graph::{GraphOptions, StepInputs};
 use vae_wgpu::train::{DeviceData, TrainGraph};
 
 /// Normwise comparison per tensor: |gpu − cpu| ≤ tol · max|cpu| over the tensor. Each gradient
@@ -68,7 +69,19 @@ fn gpu_step_matches_cpu_reference() {
                 dim: cfg.input,
             };
             let adam = AdamConfig::default();
-            let g = TrainGraph::new(&gpu, &cfg, batch, adam, 77, &data, None).unwrap();
+            let g = TrainGraph::new(
+                &gpu,
+                &cfg,
+                &GraphOptions {
+                    batch,
+                    adam,
+                    seed: 77,
+                    binarize_seed: None,
+                },
+                &data,
+                None,
+            )
+            .unwrap();
             let init = init_params(&cfg, &g.layout, 1);
             gpu.write(&g.params, &init);
             let perm: Vec<u32> = (0..items as u32).map(|i| (i * 5) % items as u32).collect();
@@ -79,7 +92,16 @@ fn gpu_step_matches_cpu_reference() {
             let name = format!("{likelihood:?}/{act:?} on {}", gpu.describe());
             for step in 0..3u64 {
                 let first = (step as usize * 3) % (items - batch as usize);
-                g.prepare(&gpu, first as u32, step, adam.lr, 1.0);
+                g.prepare(
+                    &gpu,
+                    &StepInputs {
+                        first: first as u32,
+                        step,
+                        lr: adam.lr,
+                        beta: 1.0,
+                        draw: 0,
+                    },
+                );
                 gpu.run(&g.gradient_dispatches()).unwrap();
                 let eps: Vec<f32> = gpu.read(&g.eps).unwrap();
                 let grads: Vec<f32> = gpu.read(&g.grads).unwrap();

@@ -23,7 +23,7 @@ pub enum Command {
     /// List every adapter (index, backend, name, type, driver) and its compute limits.
     Devices(DeviceArgs),
     /// Train a VAE (default: 784-400-20 on the shipped 5,000 MNIST images).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
 }
 
 /// Adapter selection, shared by every command that opens a device.
@@ -50,9 +50,9 @@ impl DeviceArgs {
     }
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
-        Command::Devices(args) => devices::run(&args),
+        Command::Devices(args) => devices::run(&args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Train(args) => train::run(&args),
     }
 }

@@ -1,18 +1,23 @@
 //! `vae train`: train a VAE on the shipped data, a named dataset or files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use super::DeviceArgs;
-use crate::data::load_source;
+use crate::data::{DataSource, load_source};
 use crate::gpu::Gpu;
 use crate::kernels::Activation;
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::elbo::Likelihood;
 use crate::model::VaeConfig;
-use crate::train::run::{TrainOptions, train};
+use crate::train::checkpoint::{self, Checkpoint};
+use crate::train::run::{Finish, TrainOptions, train};
+use crate::train::{Binarize, TrainSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LikelihoodArg {
@@ -23,6 +28,26 @@ pub enum LikelihoodArg {
     GaussianLearned,
 }
 
+/// Flags that define a run; `--resume` takes them from the checkpoint instead.
+const RUN_DEFINING: [&str; 16] = [
+    "data",
+    "test_data",
+    "batch",
+    "lr",
+    "seed",
+    "hidden",
+    "latent",
+    "activation",
+    "likelihood",
+    "sigma",
+    "beta",
+    "kl_warmup",
+    "log_every",
+    "binarize",
+    "max_norm",
+    "weight_decay",
+];
+
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// `mnist5k` (shipped, the default), `fashion-mnist`, a directory of MNIST-style IDX files,
@@ -32,8 +57,9 @@ pub struct TrainArgs {
     /// A separate test set (same formats) for the per-epoch test ELBO.
     #[arg(long)]
     pub test_data: Option<String>,
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
+    /// Epochs in all (with --resume: the new total) [default: 10].
+    #[arg(long)]
+    pub epochs: Option<usize>,
     #[arg(long, default_value_t = 128)]
     pub batch: u32,
     #[arg(long, default_value_t = 1e-3)]
@@ -58,12 +84,32 @@ pub struct TrainArgs {
     /// Raise β linearly from 0 over this many steps.
     #[arg(long, default_value_t = 0)]
     pub kl_warmup: u64,
+    /// Turn pixels into Bernoulli draws: once for the run (static) or each epoch (dynamic).
+    #[arg(long, value_enum, default_value_t = Binarize::None)]
+    pub binarize: Binarize,
+    /// Clip the global gradient norm to this value (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub max_norm: f64,
+    /// Adam's L2 weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
     /// Read the loss back every this many steps.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
-    /// Run directory (config.json, metrics.jsonl).
-    #[arg(long, default_value = "runs/default")]
-    pub out: PathBuf,
+    /// Run directory (config.json, metrics.jsonl, checkpoint.safetensors) [default: the first
+    /// free runs/<data>-<n>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Start a new run in --out even though it holds one (its checkpoint is replaced at the end
+    /// of the first epoch).
+    #[arg(long, requires = "out")]
+    pub overwrite: bool,
+    /// Continue the run in this directory from its checkpoint, with its settings.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = RUN_DEFINING, conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    /// Stop after this many optimizer steps in all, writing a checkpoint (resumable).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
     /// No progress bar (per-epoch lines only).
     #[arg(long)]
     pub quiet: bool,
@@ -74,10 +120,10 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// Rejects impossible settings up front, naming the allowed range.
     fn validate(&self) -> anyhow::Result<()> {
-        let checks: [(bool, &str); 8] = [
+        let checks: [(bool, &str); 11] = [
             (self.batch >= 1, "--batch must be at least 1"),
             (self.latent >= 1, "--latent must be at least 1"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.epochs != Some(0), "--epochs must be at least 1"),
             (
                 self.lr > 0.0 && self.lr.is_finite(),
                 "--lr must be a positive number",
@@ -95,6 +141,15 @@ impl TrainArgs {
                 "--sigma must be > 0",
             ),
             (self.log_every >= 1, "--log-every must be at least 1"),
+            (
+                self.max_norm >= 0.0 && self.max_norm.is_finite(),
+                "--max-norm must be >= 0 (0: no clipping)",
+            ),
+            (
+                self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
+                "--weight-decay must be >= 0",
+            ),
+            (self.max_steps != Some(0), "--max-steps must be at least 1"),
         ];
         for (ok, msg) in checks {
             if !ok {
@@ -103,57 +158,190 @@ impl TrainArgs {
         }
         Ok(())
     }
+
+    /// The settings of a new run, once the data's dimension is known.
+    fn settings(&self, input: usize) -> TrainSettings {
+        let likelihood = match self.likelihood {
+            LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
+            LikelihoodArg::Gaussian => Likelihood::Gaussian { sigma: self.sigma },
+            LikelihoodArg::GaussianLearned => Likelihood::GaussianLearned { shared: true },
+        };
+        TrainSettings {
+            data: self.data.clone(),
+            test_data: self.test_data.clone(),
+            model: VaeConfig {
+                input,
+                hidden: self.hidden.clone(),
+                latent: self.latent,
+                act: self.activation,
+                likelihood,
+            },
+            epochs: self.epochs.unwrap_or(10),
+            batch: self.batch,
+            adam: AdamConfig {
+                lr: self.lr,
+                max_norm: self.max_norm,
+                weight_decay: self.weight_decay,
+                ..AdamConfig::default()
+            },
+            seed: self.seed,
+            beta: self.beta,
+            kl_warmup: self.kl_warmup,
+            log_every: self.log_every,
+            binarize: self.binarize,
+        }
+    }
 }
 
-pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
-    args.validate()?;
-    let mut source = load_source(&args.data)?;
-    if let Some(test) = &args.test_data {
+/// `--out`, refused if it holds a run (unless `--overwrite`), or the first free
+/// `runs/<data>-<n>`.
+fn new_run_dir(args: &TrainArgs) -> anyhow::Result<PathBuf> {
+    if let Some(out) = &args.out {
+        if out.join(checkpoint::FILE).exists() && !args.overwrite {
+            bail!(
+                "{} already holds a run ({}): continue it with --resume {0}, or pass --overwrite \
+                 to start over",
+                out.display(),
+                checkpoint::FILE
+            );
+        }
+        return Ok(out.clone());
+    }
+    let stem = Path::new(&args.data)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    let stem: String = stem
+        .split('.')
+        .next()
+        .unwrap_or("run")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    (1..)
+        .map(|n| PathBuf::from("runs").join(format!("{stem}-{n}")))
+        .find(|dir| !dir.exists())
+        .context("no free run directory name")
+}
+
+/// The training and test data named by `settings`.
+fn load_data(data: &str, test_data: Option<&str>) -> anyhow::Result<DataSource> {
+    let mut source = load_source(data)?;
+    if let Some(test) = test_data {
         let t = load_source(test)?;
         source.test = Some(t.test.unwrap_or(t.train));
     }
-    let gpu = Gpu::new(&args.device.request())?;
-    let likelihood = match args.likelihood {
-        LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
-        LikelihoodArg::Gaussian => Likelihood::Gaussian { sigma: args.sigma },
-        LikelihoodArg::GaussianLearned => Likelihood::GaussianLearned { shared: true },
+    Ok(source)
+}
+
+/// Ctrl-C and SIGTERM set the returned flag: the loop then finishes its step, writes a
+/// checkpoint and returns. A second signal exits at once (the checkpoint on disk stays intact:
+/// writes are atomic).
+fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
+    args.validate()?;
+    let (settings, out, resume) = match &args.resume {
+        Some(dir) => {
+            let path = dir.join(checkpoint::FILE);
+            if !path.exists() {
+                bail!("no checkpoint to resume: {} does not exist", path.display());
+            }
+            let ckpt = Checkpoint::load(&path)?;
+            let mut settings = ckpt.settings.clone();
+            if let Some(epochs) = args.epochs {
+                if epochs < ckpt.progress.epochs_done {
+                    bail!(
+                        "--epochs {epochs} is fewer than the {} epochs {} has done already",
+                        ckpt.progress.epochs_done,
+                        dir.display()
+                    );
+                }
+                settings.epochs = epochs;
+            }
+            (settings, dir.clone(), Some(ckpt))
+        }
+        None => (args.settings(0), new_run_dir(args)?, None),
     };
-    let opts = TrainOptions {
+    let source = load_data(&settings.data, settings.test_data.as_deref())?;
+    let settings = TrainSettings {
         model: VaeConfig {
-            input: source.train.dim(),
-            hidden: args.hidden.clone(),
-            latent: args.latent,
-            act: args.activation,
-            likelihood,
+            input: resume
+                .as_ref()
+                .map_or(source.train.dim(), |c| c.settings.model.input),
+            ..settings.model
         },
-        epochs: args.epochs,
-        batch: args.batch,
-        adam: AdamConfig {
-            lr: args.lr,
-            ..AdamConfig::default()
-        },
-        seed: args.seed,
-        beta: args.beta,
-        kl_warmup: args.kl_warmup,
-        log_every: args.log_every,
-        out: args.out.clone(),
-        progress: !args.quiet,
+        ..settings
     };
-    println!(
-        "training {}-{}-{} VAE on {} ({} train, {} test) with {}",
-        opts.model.input,
-        args.hidden
-            .iter()
-            .map(|h| h.to_string())
-            .collect::<Vec<_>>()
-            .join("-"),
-        args.latent,
-        source.name,
-        source.train.len,
-        source.test.as_ref().map_or(0, |t| t.len),
-        gpu.describe()
-    );
-    train(&gpu, &opts, &source)?;
-    println!("run written to {}", args.out.display());
-    Ok(())
+    let gpu = Gpu::new(&args.device.request())?;
+    match &resume {
+        Some(c) => println!(
+            "resuming {} ({}) at epoch {}, step {}, on {}",
+            out.display(),
+            checkpoint::describe(&settings),
+            c.progress.epochs_done + 1,
+            c.progress.step,
+            gpu.describe()
+        ),
+        None => println!(
+            "training {} VAE on {} ({} train, {} test) with {}",
+            checkpoint::describe(&settings),
+            source.name,
+            source.train.len,
+            source.test.as_ref().map_or(0, |t| t.len),
+            gpu.describe()
+        ),
+    }
+    if resume
+        .as_ref()
+        .is_some_and(|c| c.progress.epochs_done >= settings.epochs)
+    {
+        println!(
+            "{} has finished its {} epochs; pass --epochs N to train further",
+            out.display(),
+            settings.epochs
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opts = TrainOptions {
+        out: out.clone(),
+        progress: !args.quiet,
+        max_steps: args.max_steps,
+        stop: Some(stop_on_signal()?),
+    };
+    let report = train(&gpu, &settings, &opts, &source, resume)?;
+    match report.finish {
+        Finish::Completed => {
+            println!("run written to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Finish::Stopped { step } => {
+            println!(
+                "stopped after step {step}; checkpoint written. Continue with: vae train --resume {}",
+                out.display()
+            );
+            let interrupted = opts.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+            Ok(if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
 }

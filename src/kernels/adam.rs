@@ -16,7 +16,7 @@ const SLOTS: &[Slot] = &[
 ];
 
 /// Optimizer hyperparameters, PyTorch's names and defaults.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
     pub lr: f64,
     pub beta1: f64,

@@ -15,7 +15,10 @@ struct Params {
     rows: u32,
     dim: u32,
     first: u32,
-    _pad: u32,
+    draw: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    _pad: [u32; 2],
 }
 
 /// Bytes packed four to a little-endian u32, zero-padded.
@@ -37,25 +40,40 @@ pub fn upload_pixels(gpu: &Gpu, label: &str, bytes: &[u8]) -> Result<View> {
 
 pub struct BatchKernel {
     kernel: Kernel,
+    /// Binarize with Bernoulli draws keyed by this seed (and the draw number set per step).
+    binarize_seed: Option<u64>,
 }
 
-/// A bound gather: the dispatch and the uniform holding the batch's first index.
+/// A bound gather: the dispatch and the uniform holding the batch's first index and draw.
 pub struct Gather {
     pub dispatch: Dispatch,
     params: wgpu::Buffer,
     rows: u32,
     dim: u32,
+    seed: u64,
     perm_len: u64,
 }
 
 impl BatchKernel {
-    pub fn new(gpu: &Gpu) -> Result<Self> {
+    /// A gather that scales bytes to [0, 1], or with `binarize_seed` replaces each pixel p by
+    /// a Bernoulli(p) draw.
+    pub fn new(gpu: &Gpu, binarize_seed: Option<u64>) -> Result<Self> {
+        let on = binarize_seed.is_some();
+        let constants = [("BINARIZE", if on { 1.0 } else { 0.0 })];
         Ok(Self {
-            kernel: gpu.kernel("batch.gather", &compose("batch.wgsl"), "gather", SLOTS, &[])?,
+            kernel: gpu.kernel(
+                "batch.gather",
+                &compose("batch.wgsl"),
+                "gather",
+                SLOTS,
+                &constants,
+            )?,
+            binarize_seed,
         })
     }
 
-    /// `out[r, :] = pixels[perm[first + r], :] / 255` for `rows` rows of `dim` pixels.
+    /// `out[r, :] = pixels[perm[first + r], :] / 255` for `rows` rows of `dim` pixels (or
+    /// Bernoulli draws with those means when binarizing).
     pub fn bind(
         &self,
         gpu: &Gpu,
@@ -75,15 +93,8 @@ impl BatchKernel {
                 reason: "the dataset is empty".into(),
             });
         }
-        let params = gpu.uniform(
-            label,
-            &Params {
-                rows,
-                dim,
-                first: 0,
-                _pad: 0,
-            },
-        );
+        let seed = self.binarize_seed.unwrap_or(0);
+        let params = gpu.uniform(label, &params(rows, dim, 0, 0, seed));
         let dispatch = gpu.dispatch(
             &self.kernel,
             &[
@@ -99,24 +110,33 @@ impl BatchKernel {
             params,
             rows,
             dim,
+            seed,
             perm_len: perm.len,
         })
     }
 }
 
+fn params(rows: u32, dim: u32, first: u32, draw: u32, seed: u64) -> Params {
+    Params {
+        rows,
+        dim,
+        first,
+        draw,
+        seed_lo: seed as u32,
+        seed_hi: (seed >> 32) as u32,
+        _pad: [0; 2],
+    }
+}
+
 impl Gather {
-    /// Points the next submitted gather at `perm[first..first + rows]`.
-    pub fn set_first(&self, gpu: &Gpu, first: u32) {
+    /// Points the next submitted gather at `perm[first..first + rows]`, binarized with draw
+    /// number `draw` (ignored without binarization).
+    pub fn set(&self, gpu: &Gpu, first: u32, draw: u32) {
         assert!(
             first as u64 + self.rows as u64 <= self.perm_len,
             "batch runs past the permutation"
         );
-        let p = Params {
-            rows: self.rows,
-            dim: self.dim,
-            first,
-            _pad: 0,
-        };
+        let p = params(self.rows, self.dim, first, draw, self.seed);
         gpu.queue
             .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
     }

@@ -8,8 +8,10 @@
 //! - gradients of scale·Σ_b total_b: d_dec [B, D]; d_dec_logvar [B, D] per element (learned
 //!   Gaussian only; sum over b for a shared [D] log-variance); dμ, dlogσ² [B, L], written (the
 //!   reparameterization backward then adds its terms);
-//! - `batch` [4]: (Σ total, Σ rec, Σ kl, B); `running` [4]: += the same each time, for logging
-//!   without a readback per step (zero it with `queue.write_buffer` per logging interval).
+//! - `batch` [4]: (Σ total, Σ rec, Σ kl, B); `running` [6]: += the same each time, for logging
+//!   without a readback per step (zero it with `queue.write_buffer` per logging interval), then
+//!   [4] the number of runs before the first with a non-finite total and [5] = 1 once one was
+//!   seen (see [`Running`]).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -17,7 +19,8 @@ use super::{check_len, compose};
 use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, Result, Slot, View};
 
 /// The reconstruction likelihood p(x | z) the decoder output parameterizes.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Likelihood {
     /// Bernoulli with the decoder output as logits (binarized or [0, 1] targets).
     #[default]
@@ -118,8 +121,35 @@ pub struct ElboOutputs<'a> {
     pub dlogvar: &'a View,
     /// [4]: (Σ total, Σ rec, Σ kl, B).
     pub batch: &'a View,
-    /// [4]: += `batch` each run.
+    /// [RUNNING_LEN]: += `batch` each run, plus the non-finite tracker (see [`Running`]).
     pub running: &'a View,
+}
+
+/// Length of the running accumulator.
+pub const RUNNING_LEN: usize = 6;
+
+/// The running accumulator read back: sums since the last reset and where a loss first went
+/// non-finite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Running {
+    pub total: f64,
+    pub rec: f64,
+    pub kl: f64,
+    pub count: f64,
+    /// Runs (steps) since the reset before the first non-finite batch total, if there was one.
+    pub first_nonfinite: Option<u64>,
+}
+
+impl Running {
+    pub fn from_raw(v: &[f32]) -> Self {
+        Self {
+            total: v[0] as f64,
+            rec: v[1] as f64,
+            kl: v[2] as f64,
+            count: v[3] as f64,
+            first_nonfinite: (v[5] != 0.0).then_some(v[4] as u64),
+        }
+    }
 }
 
 /// The two dispatches of one bound ELBO, to be recorded in this order, and their parameters.
@@ -272,7 +302,7 @@ impl Elbo {
             ("dmu", outputs.dmu, b * l),
             ("dlogvar", outputs.dlogvar, b * l),
             ("batch", outputs.batch, 4),
-            ("running", outputs.running, 4),
+            ("running", outputs.running, RUNNING_LEN as u64),
         ];
         if let (Some(v), Some(dv)) = (inputs.dec_logvar, outputs.d_dec_logvar) {
             checks.push(("dec_logvar", v, self.likelihood.dec_logvar_len(b, d)));

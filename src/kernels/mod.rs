@@ -28,6 +28,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
         "matmul_subgroup.wgsl",
         include_str!("../../shaders/matmul_subgroup.wgsl"),
     ),
+    ("random.wgsl", include_str!("../../shaders/random.wgsl")),
     ("reduce.wgsl", include_str!("../../shaders/reduce.wgsl")),
     ("sample.wgsl", include_str!("../../shaders/sample.wgsl")),
 ];
@@ -40,13 +41,13 @@ pub fn shader_file(name: &str) -> &'static str {
         .unwrap_or_else(|| panic!("no shader file {name}"))
 }
 
-/// Shared files prepended to a family, in order: `common.wgsl` for all, plus the matmul
-/// bindings and epilogue for both matmul kernels.
+/// Shared files prepended to a family, in order: `common.wgsl` for all, the matmul bindings
+/// and epilogue for both matmul kernels, the Philox generator for the families that draw.
 pub fn preludes(family: &str) -> &'static [&'static str] {
-    if family.starts_with("matmul") {
-        &["common.wgsl", "matmul_common.wgsl"]
-    } else {
-        &["common.wgsl"]
+    match family {
+        f if f.starts_with("matmul") => &["common.wgsl", "matmul_common.wgsl"],
+        "sample.wgsl" | "batch.wgsl" => &["common.wgsl", "random.wgsl"],
+        _ => &["common.wgsl"],
     }
 }
 
@@ -105,7 +106,19 @@ pub const MODULES: &[ModuleSpec] = &[
 ];
 
 /// Activation functions, numbered as in `shaders/common.wgsl`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Activation {
     Identity = 0,
     #[default]

@@ -10,7 +10,7 @@ use crate::kernels::Activation;
 use crate::kernels::elbo::Likelihood;
 
 /// What a user chooses: `--hidden 512,256 --latent 20 --activation relu --likelihood bernoulli`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VaeConfig {
     pub input: usize,
     pub hidden: Vec<usize>,

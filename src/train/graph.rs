@@ -9,7 +9,9 @@ use crate::gpu::{Dispatch, Gpu, GpuError, Result, View};
 use crate::kernels::Activation;
 use crate::kernels::adam::{AdamBuffers, AdamConfig, AdamKernel, AdamStep};
 use crate::kernels::batch::{BatchKernel, Gather};
-use crate::kernels::elbo::{Elbo, ElboDispatches, ElboInputs, ElboOutputs, ElboShape};
+use crate::kernels::elbo::{
+    Elbo, ElboDispatches, ElboInputs, ElboOutputs, ElboShape, RUNNING_LEN, Running,
+};
 use crate::kernels::matmul::{Layout, Matmul, MatmulConfig};
 use crate::kernels::reduce::ReduceKernels;
 use crate::kernels::sample::{SampleShape, Sampler};
@@ -50,6 +52,29 @@ struct LayerBuffers {
     dpre: View,
 }
 
+/// What a graph is built for: the batch size, the optimizer, the seed of its random streams, and
+/// whether the gather binarizes (with its own seed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GraphOptions {
+    pub batch: u32,
+    pub adam: AdamConfig,
+    pub seed: u64,
+    pub binarize_seed: Option<u64>,
+}
+
+/// The per-step scalars a submit depends on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepInputs {
+    /// Index into the permutation of the batch's first row.
+    pub first: u32,
+    /// Global step number (0-based): selects ε and Adam's bias correction.
+    pub step: u64,
+    pub lr: f64,
+    pub beta: f32,
+    /// Binarization draw (ignored without binarization).
+    pub draw: u32,
+}
+
 /// Everything one training step touches on the device.
 pub struct TrainGraph {
     pub cfg: VaeConfig,
@@ -85,12 +110,16 @@ impl TrainGraph {
     pub fn new(
         gpu: &Gpu,
         cfg: &VaeConfig,
-        batch: u32,
-        adam_cfg: AdamConfig,
-        seed: u64,
+        opts: &GraphOptions,
         data: &DeviceData,
         shared_params: Option<&View>,
     ) -> Result<Self> {
+        let GraphOptions {
+            batch,
+            adam: adam_cfg,
+            seed,
+            binarize_seed,
+        } = *opts;
         let (pixels, items) = (&data.pixels, data.items);
         let align = gpu.limits.min_storage_buffer_offset_alignment as usize;
         if align > crate::model::ALIGN * 4 {
@@ -153,11 +182,12 @@ impl TrainGraph {
         let (stats, batch_stats, running) = (
             scratch("elbo.stats", 3 * b)?,
             scratch("elbo.batch", 4)?,
-            scratch("elbo.running", 4)?,
+            scratch("elbo.running", RUNNING_LEN)?,
         );
 
         let perm = gpu.upload("perm", &(0..items as u32).collect::<Vec<_>>())?;
-        let gather = BatchKernel::new(gpu)?.bind(gpu, batch, d as u32, pixels, &perm, &x)?;
+        let gather =
+            BatchKernel::new(gpu, binarize_seed)?.bind(gpu, batch, d as u32, pixels, &perm, &x)?;
         let sampler = Sampler::new(gpu, seed)?;
         let reduce = ReduceKernels::new(gpu)?;
         let mut mm = Matmuls {
@@ -444,13 +474,20 @@ impl TrainGraph {
         v
     }
 
-    /// Writes the per-step scalars: which rows of the permutation, the RNG step, Adam's step
-    /// number (1-based) and learning rate, and β.
-    pub fn prepare(&self, gpu: &Gpu, first_row: u32, step: u64, lr: f64, beta: f32) {
-        self.gather.set_first(gpu, first_row);
-        self.sampler.set_state(gpu, self.seed, step as u32);
-        self.adam.prepare(gpu, step + 1, lr);
-        self.elbo.set_beta(gpu, beta);
+    /// Writes the per-step scalars: which rows of the permutation and which binarization, the
+    /// RNG step, Adam's step number (1-based) and learning rate, and β.
+    pub fn prepare(&self, gpu: &Gpu, s: &StepInputs) {
+        self.gather.set(gpu, s.first, s.draw);
+        self.sampler.set_state(gpu, self.seed, s.step as u32);
+        self.adam.prepare(gpu, s.step + 1, s.lr);
+        self.elbo.set_beta(gpu, s.beta);
+    }
+
+    /// The running loss sums since the last call, which then restarts them.
+    pub fn take_running(&self, gpu: &Gpu) -> Result<Running> {
+        let v: Vec<f32> = gpu.read(&self.running)?;
+        gpu.write(&self.running, &[0.0f32; RUNNING_LEN]);
+        Ok(Running::from_raw(&v))
     }
 
     /// Replaces the epoch's permutation of the dataset (a few hundred KB, not the data).

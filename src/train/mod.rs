@@ -1,13 +1,88 @@
-//! Training: the dataset on the device, the step graph and the loop around it.
+//! Training: the dataset on the device, the step graph, checkpoints and the loop around them.
 
+pub mod checkpoint;
 pub mod graph;
 pub mod run;
 
-pub use graph::TrainGraph;
+pub use checkpoint::{Checkpoint, CheckpointError, Progress};
+pub use graph::{GraphOptions, StepInputs, TrainGraph};
 
 use crate::data::{Dataset, Pixels};
 use crate::gpu::{Gpu, Result, View};
+use crate::kernels::adam::AdamConfig;
 use crate::kernels::batch::upload_pixels;
+use crate::model::VaeConfig;
+
+/// How pixels p ∈ [0, 1] become the model's targets.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Binarize {
+    /// Use p as it is.
+    #[default]
+    None,
+    /// One Bernoulli(p) draw per pixel, fixed for the whole run.
+    Static,
+    /// A new Bernoulli(p) draw each epoch (as in the IWAE paper), made on the device.
+    Dynamic,
+}
+
+impl Binarize {
+    /// The gather's draw number in `epoch` (1-based), or `None` without binarization.
+    pub fn draw(self, epoch: usize) -> Option<u32> {
+        match self {
+            Binarize::None => None,
+            Binarize::Static => Some(0),
+            Binarize::Dynamic => Some(epoch as u32),
+        }
+    }
+}
+
+/// Every setting that determines a training run's numbers: recorded in `config.json` and in
+/// each checkpoint, so `--resume` continues with exactly these.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainSettings {
+    /// The `--data` spec (`mnist5k`, `fashion-mnist`, a path).
+    pub data: String,
+    pub test_data: Option<String>,
+    pub model: VaeConfig,
+    pub epochs: usize,
+    pub batch: u32,
+    pub adam: AdamConfig,
+    pub seed: u64,
+    /// Weight of the KL term (β-VAE).
+    pub beta: f64,
+    /// Steps over which β rises linearly from 0 (0: no warm-up).
+    pub kl_warmup: u64,
+    /// Read the loss back every this many steps.
+    pub log_every: u64,
+    pub binarize: Binarize,
+}
+
+impl TrainSettings {
+    /// β in force at `step` (0-based), after the warm-up's linear ramp.
+    pub fn beta_at(&self, step: u64) -> f64 {
+        if self.kl_warmup > 0 {
+            self.beta * (step as f64 / self.kl_warmup as f64).min(1.0)
+        } else {
+            self.beta
+        }
+    }
+
+    /// The seed of the gather's binarization draws (independent of the ε stream).
+    pub fn binarize_seed(&self) -> Option<u64> {
+        (self.binarize != Binarize::None).then_some(self.seed ^ 0xb1_4a41_2e00)
+    }
+}
 
 /// A dataset resident on the device as packed bytes.
 pub struct DeviceData {
