@@ -104,3 +104,30 @@ fn runs_are_not_overwritten_and_resume_takes_its_settings_from_the_checkpoint() 
         b"saved"
     );
 }
+
+/// `vae bench` runs real steps and reports consistent figures (not their size: speed is never
+/// asserted in tests).
+#[test]
+fn bench_reports_throughput_and_step_costs() {
+    let out = vae(&[
+        "bench", "--json", "--steps", "4", "--warmup", "1", "--hidden", "32", "--latent", "4",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let num = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("no {k} in {r}"));
+    assert_eq!(r["model"], "784-32-4");
+    assert_eq!(num("timed_steps"), 4.0);
+    let (ms, rate) = (num("ms_per_step"), num("samples_per_s"));
+    assert!(ms > 0.0 && rate > 0.0);
+    assert!(
+        ((rate * ms / 1e3) / 128.0 - 1.0).abs() < 1e-9,
+        "rate and ms/step disagree"
+    );
+    assert!(num("dispatches_per_step") >= 10.0);
+    assert!(num("final_mean_loss").is_finite());
+}

@@ -1,5 +1,6 @@
 //! The `vae` command line.
 
+mod bench;
 mod devices;
 mod train;
 
@@ -24,6 +25,8 @@ pub enum Command {
     Devices(DeviceArgs),
     /// Train a VAE (default: 784-400-20 on the shipped 5,000 MNIST images).
     Train(Box<train::TrainArgs>),
+    /// Time warm training steps of the reference model (samples/s, ms/step, start-up).
+    Bench(bench::BenchArgs),
 }
 
 /// Adapter selection, shared by every command that opens a device.
@@ -54,5 +57,6 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Devices(args) => devices::run(&args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Train(args) => train::run(&args),
+        Command::Bench(args) => bench::run(&args).map(|()| std::process::ExitCode::SUCCESS),
     }
 }
