@@ -6,6 +6,7 @@
 mod buffers;
 mod context;
 mod kernel;
+mod readback;
 
 pub use buffers::View;
 pub use context::{
@@ -13,6 +14,7 @@ pub use context::{
     is_software, new_instance,
 };
 pub use kernel::{Binding, Dispatch, Kernel, Slot};
+pub use readback::{AsyncReader, Wait};
 
 use thiserror::Error;
 

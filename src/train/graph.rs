@@ -75,6 +75,38 @@ pub struct StepInputs {
     pub draw: u32,
 }
 
+/// The state a step reads and updates, which several graphs may share: the parameters, Adam's
+/// moments and the running loss sums. A graph for the epoch's last, smaller batch shares all of
+/// it with the main graph; an evaluation graph shares the parameters only (its moments are never
+/// touched) and keeps its own loss sums.
+#[derive(Clone)]
+pub struct SharedState {
+    pub params: View,
+    pub m1: View,
+    pub m2: View,
+    pub running: View,
+}
+
+impl SharedState {
+    pub fn new(gpu: &Gpu, layout: &ParamLayout) -> Result<Self> {
+        let flat = |name: &str| gpu.zeros(name, layout.len as u64);
+        Ok(Self {
+            params: flat("params")?,
+            m1: flat("adam.m1")?,
+            m2: flat("adam.m2")?,
+            running: gpu.zeros("elbo.running", RUNNING_LEN as u64)?,
+        })
+    }
+
+    /// The same parameters and moments with a fresh running accumulator.
+    pub fn with_own_running(&self, gpu: &Gpu) -> Result<Self> {
+        Ok(Self {
+            running: gpu.zeros("elbo.running", RUNNING_LEN as u64)?,
+            ..self.clone()
+        })
+    }
+}
+
 /// Everything one training step touches on the device.
 pub struct TrainGraph {
     pub cfg: VaeConfig,
@@ -104,15 +136,14 @@ pub struct TrainGraph {
 }
 
 impl TrainGraph {
-    /// Builds the step for `batch` rows drawn from `data`. With `shared_params` the graph reads
-    /// (and its optimizer would update) another graph's parameters: an evaluation graph on the
-    /// test set uses this.
+    /// Builds the step for `batch` rows drawn from `data`, on `shared` state (see
+    /// [`SharedState`]) or on state of its own.
     pub fn new(
         gpu: &Gpu,
         cfg: &VaeConfig,
         opts: &GraphOptions,
         data: &DeviceData,
-        shared_params: Option<&View>,
+        shared: Option<&SharedState>,
     ) -> Result<Self> {
         let GraphOptions {
             batch,
@@ -135,11 +166,16 @@ impl TrainGraph {
         let layers = cfg.layers();
         let (b, d, l) = (batch as usize, cfg.input, cfg.latent);
         let flat = |name: &str| gpu.zeros(name, layout.len as u64);
-        let params = match shared_params {
-            Some(p) => p.clone(),
-            None => flat("params")?,
+        let SharedState {
+            params,
+            m1,
+            m2,
+            running,
+        } = match shared {
+            Some(s) => s.clone(),
+            None => SharedState::new(gpu, &layout)?,
         };
-        let (grads, m1, m2) = (flat("grads")?, flat("adam.m1")?, flat("adam.m2")?);
+        let grads = flat("grads")?;
         let view = |v: &View, name: &str| {
             let t = layout.get(name);
             v.slice(t.offset as u64, t.len() as u64)
@@ -179,11 +215,7 @@ impl TrainGraph {
             scratch("d_dec", b * d)?,
             scratch("d_dec_logvar", b * d)?,
         );
-        let (stats, batch_stats, running) = (
-            scratch("elbo.stats", 3 * b)?,
-            scratch("elbo.batch", 4)?,
-            scratch("elbo.running", RUNNING_LEN)?,
-        );
+        let (stats, batch_stats) = (scratch("elbo.stats", 3 * b)?, scratch("elbo.batch", 4)?);
 
         let perm = gpu.upload("perm", &(0..items as u32).collect::<Vec<_>>())?;
         let gather =
@@ -481,6 +513,16 @@ impl TrainGraph {
         self.sampler.set_state(gpu, self.seed, s.step as u32);
         self.adam.prepare(gpu, s.step + 1, s.lr);
         self.elbo.set_beta(gpu, s.beta);
+    }
+
+    /// This graph's state, to share with another graph.
+    pub fn state(&self) -> SharedState {
+        SharedState {
+            params: self.params.clone(),
+            m1: self.m1.clone(),
+            m2: self.m2.clone(),
+            running: self.running.clone(),
+        }
     }
 
     /// The running loss sums since the last call, which then restarts them.

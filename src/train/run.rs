@@ -12,9 +12,11 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::checkpoint::{self, Checkpoint, Progress};
+use super::graph::SharedState;
 use super::{DeviceData, GraphOptions, StepInputs, TrainGraph, TrainSettings};
 use crate::data::DataSource;
-use crate::gpu::{Gpu, View};
+use crate::gpu::{AsyncReader, Gpu, Wait};
+use crate::kernels::elbo::Running;
 use crate::model::{ParamLayout, init_params};
 
 /// A run: its settings, where it writes, and how it may be stopped early.
@@ -65,59 +67,106 @@ pub fn epoch_permutation(seed: u64, epoch: usize, items: usize) -> Vec<u32> {
     perm
 }
 
-/// Evaluation graphs over a whole dataset: full batches, then one for the remainder.
-struct Evaluator {
-    graphs: Vec<(TrainGraph, u32)>,
-    items: usize,
-    draw: u32,
+/// A dataset's worth of batches: `full` batches of the main graph, then one smaller batch for
+/// the remainder, so every item is used each epoch (PyTorch's `drop_last=False`). The graphs
+/// share parameters, optimizer state and loss sums.
+struct EpochGraphs {
+    main: TrainGraph,
+    tail: Option<TrainGraph>,
+    full: u64,
 }
 
-impl Evaluator {
-    fn new(gpu: &Gpu, s: &TrainSettings, data: &DeviceData, params: &View) -> anyhow::Result<Self> {
+impl EpochGraphs {
+    fn new(
+        gpu: &Gpu,
+        s: &TrainSettings,
+        seed: u64,
+        data: &DeviceData,
+        state: Option<&SharedState>,
+    ) -> anyhow::Result<Self> {
         let batch = s.batch.min(data.items as u32);
-        let full = data.items as u32 / batch;
-        let rest = data.items as u32 % batch;
-        let graph = |batch, salt| {
-            let opts = GraphOptions {
-                batch,
-                adam: s.adam,
-                seed: s.seed ^ salt,
-                binarize_seed: s.binarize_seed(),
-            };
-            TrainGraph::new(gpu, &s.model, &opts, data, Some(params))
+        let opts = |batch| GraphOptions {
+            batch,
+            adam: s.adam,
+            seed,
+            binarize_seed: s.binarize_seed(),
         };
-        let mut graphs = vec![(graph(batch, 0xe7a1)?, full)];
-        if rest > 0 {
-            graphs.push((graph(rest, 0xe7a2)?, 1));
-        }
+        let main = TrainGraph::new(gpu, &s.model, &opts(batch), data, state)?;
+        let rest = data.items as u32 % batch;
+        let tail = match rest {
+            0 => None,
+            _ => Some(TrainGraph::new(
+                gpu,
+                &s.model,
+                &opts(rest),
+                data,
+                Some(&main.state()),
+            )?),
+        };
         Ok(Self {
-            graphs,
-            items: data.items,
-            // One fixed binarization of the test set, apart from every training draw.
-            draw: u32::MAX,
+            main,
+            tail,
+            full: (data.items as u32 / batch) as u64,
         })
     }
 
-    /// Mean negative ELBO per example (β = 1), ε drawn from a fixed stream.
-    fn loss(&self, gpu: &Gpu) -> anyhow::Result<f64> {
-        let mut total = 0.0;
-        let mut first = 0u32;
-        for (graph, batches) in &self.graphs {
-            for i in 0..*batches {
-                let inputs = StepInputs {
-                    first,
-                    step: i as u64,
-                    lr: 0.0,
-                    beta: 1.0,
-                    draw: self.draw,
-                };
-                graph.prepare(gpu, &inputs);
-                gpu.submit(&graph.loss_dispatches());
-                first += graph.batch;
-            }
-            total += graph.take_running(gpu)?.total;
+    fn steps(&self) -> u64 {
+        self.full + self.tail.is_some() as u64
+    }
+
+    /// The graph of step `i` of an epoch and the index of its first row in the permutation.
+    fn step(&self, i: u64) -> (&TrainGraph, u32) {
+        let first = (i * self.main.batch as u64) as u32;
+        match &self.tail {
+            Some(tail) if i >= self.full => (tail, first),
+            _ => (&self.main, first),
         }
-        Ok(total / self.items as f64)
+    }
+
+    fn set_permutation(&self, gpu: &Gpu, perm: &[u32]) {
+        self.main.set_permutation(gpu, perm);
+        if let Some(tail) = &self.tail {
+            tail.set_permutation(gpu, perm);
+        }
+    }
+}
+
+/// The test ELBO: forward passes over the whole test set in order, on the training parameters.
+struct Evaluator {
+    graphs: EpochGraphs,
+    items: usize,
+}
+
+impl Evaluator {
+    fn new(
+        gpu: &Gpu,
+        s: &TrainSettings,
+        data: &DeviceData,
+        train: &SharedState,
+    ) -> anyhow::Result<Self> {
+        let state = train.with_own_running(gpu)?;
+        Ok(Self {
+            graphs: EpochGraphs::new(gpu, s, s.seed ^ 0xe7a1, data, Some(&state))?,
+            items: data.items,
+        })
+    }
+
+    /// Mean negative ELBO per example (β = 1), ε drawn from a fixed stream, the pixels (when
+    /// binarizing) from one fixed draw apart from every training draw.
+    fn loss(&self, gpu: &Gpu) -> anyhow::Result<f64> {
+        for i in 0..self.graphs.steps() {
+            let (graph, first) = self.graphs.step(i);
+            let inputs = StepInputs {
+                first,
+                step: i,
+                lr: 0.0,
+                beta: 1.0,
+                draw: u32::MAX,
+            };
+            graph.prepare(gpu, &inputs);
+            gpu.submit(&graph.loss_dispatches());
+        }
+        Ok(self.graphs.main.take_running(gpu)?.total / self.items as f64)
     }
 }
 
@@ -163,16 +212,33 @@ fn name_list(names: &[String]) -> String {
     }
 }
 
-/// The state of one run: the device graph and where the loop stands.
+/// What a loss readback covers, carried with the asynchronous request.
+struct LogTag {
+    epoch: usize,
+    /// Global step count at the logging point.
+    step: u64,
+    /// Global step count at the previous logging point (the sums cover the steps after it).
+    interval_first: u64,
+    beta: f64,
+    /// Samples this process submitted in the interval (for the rate).
+    samples: u64,
+}
+
+/// The state of one run: the device graphs, where the loop stands, and the loss readbacks in
+/// flight.
 struct Trainer<'a> {
     gpu: &'a Gpu,
     settings: TrainSettings,
     opts: &'a TrainOptions,
-    graph: TrainGraph,
+    graphs: EpochGraphs,
     progress: Progress,
     /// Where the last good checkpoint stands, for messages.
     saved: Option<Progress>,
     metrics: std::fs::File,
+    reader: AsyncReader<LogTag>,
+    /// When the last readback arrived: the device's pace, not the host's.
+    last_arrival: Instant,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Trainer<'_> {
@@ -180,25 +246,32 @@ impl Trainer<'_> {
         self.opts.out.join(checkpoint::FILE)
     }
 
+    fn state(&self) -> &TrainGraph {
+        &self.graphs.main
+    }
+
     /// Reads the state back and writes it atomically, refusing to replace a good checkpoint
-    /// with non-finite values.
+    /// with non-finite values. The loss sums not yet logged go into the checkpoint too.
     fn save(&mut self) -> anyhow::Result<()> {
         let gpu = self.gpu;
-        let running: Vec<f32> = gpu.read(&self.graph.running)?;
-        self.progress.running.copy_from_slice(&running);
+        let g = self.state();
+        let running: Vec<f32> = gpu.read(&g.running)?;
         let ckpt = Checkpoint {
             settings: self.settings.clone(),
-            progress: self.progress,
-            params: gpu.read(&self.graph.params)?,
-            exp_avg: gpu.read(&self.graph.m1)?,
-            exp_avg_sq: gpu.read(&self.graph.m2)?,
+            progress: Progress {
+                running: running.try_into().expect("RUNNING_LEN values"),
+                ..self.progress
+            },
+            params: gpu.read(&g.params)?,
+            exp_avg: gpu.read(&g.m1)?,
+            exp_avg_sq: gpu.read(&g.m2)?,
         };
         for (what, flat) in [
             ("parameters", &ckpt.params),
             ("Adam moments", &ckpt.exp_avg),
             ("Adam moments", &ckpt.exp_avg_sq),
         ] {
-            let bad = nonfinite_tensors(&self.graph.layout, flat);
+            let bad = nonfinite_tensors(&g.layout, flat);
             if !bad.is_empty() {
                 bail!(
                     "the {what} of {} hold NaN/Inf at step {}; not writing a checkpoint. {}",
@@ -209,7 +282,7 @@ impl Trainer<'_> {
             }
         }
         ckpt.save(&self.checkpoint_path())?;
-        self.saved = Some(self.progress);
+        self.saved = Some(ckpt.progress);
         Ok(())
     }
 
@@ -233,14 +306,11 @@ impl Trainer<'_> {
     /// The error for a loss that went NaN/Inf at global step `step` (1-based).
     fn diverged(&self, step: u64, epoch: usize) -> anyhow::Error {
         let gpu = self.gpu;
-        let layout = &self.graph.layout;
+        let g = self.state();
         let mut found = Vec::new();
-        for (what, view) in [
-            ("parameters", &self.graph.params),
-            ("gradients", &self.graph.grads),
-        ] {
+        for (what, view) in [("parameters", &g.params), ("gradients", &g.grads)] {
             if let Ok(flat) = gpu.read::<f32>(view) {
-                let bad = nonfinite_tensors(layout, &flat);
+                let bad = nonfinite_tensors(&g.layout, &flat);
                 if !bad.is_empty() {
                     found.push(format!("{what} {}", name_list(&bad)));
                 }
@@ -258,8 +328,41 @@ impl Trainer<'_> {
         )
     }
 
-    fn log_row(&mut self, row: serde_json::Value) -> anyhow::Result<()> {
-        writeln!(self.metrics, "{row}").context("writing metrics.jsonl")
+    /// Asks for the loss sums up to now (zeroing them on the device), without waiting.
+    fn request_log(&mut self, tag: LogTag) {
+        self.reader.request(self.gpu, tag, true);
+    }
+
+    /// Logs the readbacks that have arrived, blocking as `wait` says.
+    fn drain(&mut self, wait: Wait) -> anyhow::Result<()> {
+        for (tag, raw) in self.reader.poll(self.gpu, wait)? {
+            self.absorb(tag, &raw)?;
+        }
+        Ok(())
+    }
+
+    fn absorb(&mut self, tag: LogTag, raw: &[f32]) -> anyhow::Result<()> {
+        let r = Running::from_raw(raw);
+        if let Some(k) = r.first_nonfinite {
+            return Err(self.diverged(tag.interval_first + k + 1, tag.epoch));
+        }
+        if !r.total.is_finite() {
+            return Err(self.diverged(tag.step, tag.epoch));
+        }
+        let now = Instant::now();
+        let rate = tag.samples as f64 / (now - self.last_arrival).as_secs_f64();
+        self.last_arrival = now;
+        self.progress.epoch_loss_sum += r.total;
+        self.progress.epoch_count += r.count;
+        let loss = r.total / r.count;
+        let row = serde_json::json!({"epoch": tag.epoch, "step": tag.step, "loss": loss,
+            "rec": r.rec / r.count, "kl": r.kl / r.count, "beta": tag.beta,
+            "samples_per_s": rate});
+        writeln!(self.metrics, "{row}").context("writing metrics.jsonl")?;
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("loss {loss:.2}  {rate:.0} samples/s"));
+        }
+        Ok(())
     }
 
     fn stop_requested(&self) -> bool {
@@ -269,10 +372,34 @@ impl Trainer<'_> {
             .is_some_and(|s| s.load(Ordering::SeqCst))
             || self.opts.max_steps.is_some_and(|m| self.progress.step >= m)
     }
+
+    fn stopped(self, epochs: Vec<EpochSummary>) -> TrainReport {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+        TrainReport {
+            epochs,
+            finish: Finish::Stopped {
+                step: self.progress.step,
+            },
+        }
+    }
+
+    /// Prints a line above the progress bar (or plainly without one).
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) if !bar.is_hidden() => bar.println(line),
+            _ => println!("{line}"),
+        }
+    }
 }
 
 /// Trains (or, with `resume`, continues) a run. `source` must be the data named by
 /// `settings.data` (and `settings.test_data`).
+///
+/// The host runs at most two logging intervals ahead of the device: each logging point queues an
+/// asynchronous copy of the loss sums and then waits only for the previous one, so the device is
+/// never idle waiting for the host to read a loss.
 pub fn train(
     gpu: &Gpu,
     settings: &TrainSettings,
@@ -309,116 +436,105 @@ pub fn train(
         .with_context(|| format!("opening {}", metrics_path.display()))?;
 
     let train_data = DeviceData::upload(gpu, "train pixels", &source.train)?;
-    let graph_opts = GraphOptions {
-        batch: s.batch,
-        adam: s.adam,
-        seed: s.seed,
-        binarize_seed: s.binarize_seed(),
-    };
-    let graph = TrainGraph::new(gpu, &s.model, &graph_opts, &train_data, None)?;
+    let graphs = EpochGraphs::new(gpu, s, s.seed, &train_data, None)?;
+    let g = &graphs.main;
     let progress = match &resume {
         Some(c) => {
-            gpu.write(&graph.params, &c.params);
-            gpu.write(&graph.m1, &c.exp_avg);
-            gpu.write(&graph.m2, &c.exp_avg_sq);
-            gpu.write(&graph.running, &c.progress.running);
+            gpu.write(&g.params, &c.params);
+            gpu.write(&g.m1, &c.exp_avg);
+            gpu.write(&g.m2, &c.exp_avg_sq);
+            gpu.write(&g.running, &c.progress.running);
             c.progress
         }
         None => {
-            gpu.write(&graph.params, &init_params(&s.model, &graph.layout, s.seed));
+            gpu.write(&g.params, &init_params(&s.model, &g.layout, s.seed));
             Progress::default()
         }
     };
     let test = match &source.test {
         Some(t) => {
             let data = DeviceData::upload(gpu, "test pixels", t)?;
-            let eval = Evaluator::new(gpu, s, &data, &graph.params)?;
+            let eval = Evaluator::new(gpu, s, &data, &g.state())?;
             Some((data, eval))
         }
         None => None,
     };
+    let steps_per_epoch = graphs.steps();
+    let reader = AsyncReader::new(&g.running);
     let mut t = Trainer {
         gpu,
         settings: s.clone(),
         opts,
-        graph,
+        graphs,
         progress,
         saved: resume.as_ref().map(|c| c.progress),
         metrics,
+        reader,
+        last_arrival: Instant::now(),
+        bar: progress_bar(opts, steps_per_epoch),
     };
 
-    let steps_per_epoch = source.train.len as u64 / s.batch as u64;
     let mut summaries = Vec::new();
-    let bar = progress_bar(opts, steps_per_epoch);
     for epoch in t.progress.epochs_done + 1..=s.epochs {
         let started = Instant::now();
+        t.last_arrival = started;
         let draw = s.binarize.draw(epoch).unwrap_or(0);
-        t.graph
+        t.graphs
             .set_permutation(gpu, &epoch_permutation(s.seed, epoch, source.train.len));
         let first_step = t.progress.steps_into_epoch;
-        let mut interval_started = Instant::now();
-        // The running sums on the device cover the steps since the last logging point, which
-        // is before `first_step` when resuming mid-interval; the rate counts timed steps only.
+        // The sums on the device cover the steps since the last logging point, which is before
+        // `first_step` when resuming mid-interval.
         let mut interval_first = t.progress.step - (t.progress.step % s.log_every).min(first_step);
-        let mut timed_from = t.progress.step;
+        let (mut interval_samples, mut epoch_samples) = (0u64, 0u64);
         let mut stopped = false;
-        if let Some(bar) = &bar {
+        if let Some(bar) = &t.bar {
             bar.set_position(first_step);
         }
         for i in first_step..steps_per_epoch {
             let beta = s.beta_at(t.progress.step);
+            let (graph, first) = t.graphs.step(i);
             let inputs = StepInputs {
-                first: (i * s.batch as u64) as u32,
+                first,
                 step: t.progress.step,
                 lr: s.adam.lr,
                 beta: beta as f32,
                 draw,
             };
-            t.graph.prepare(gpu, &inputs);
-            gpu.submit(&t.graph.step_dispatches());
+            graph.prepare(gpu, &inputs);
+            gpu.submit(&graph.step_dispatches());
+            interval_samples += graph.batch as u64;
+            epoch_samples += graph.batch as u64;
             t.progress.step += 1;
             t.progress.steps_into_epoch = i + 1;
             stopped = t.stop_requested();
             let epoch_end = i + 1 == steps_per_epoch;
             if t.progress.step.is_multiple_of(s.log_every) || epoch_end {
-                let r = t.graph.take_running(gpu)?;
-                if let Some(k) = r.first_nonfinite {
-                    return Err(t.diverged(interval_first + k + 1, epoch));
-                }
-                if !r.total.is_finite() {
-                    return Err(t.diverged(t.progress.step, epoch));
-                }
-                let timed = (t.progress.step - timed_from) * s.batch as u64;
-                let rate = timed as f64 / interval_started.elapsed().as_secs_f64();
-                interval_started = Instant::now();
+                t.request_log(LogTag {
+                    epoch,
+                    step: t.progress.step,
+                    interval_first,
+                    beta,
+                    samples: interval_samples,
+                });
                 interval_first = t.progress.step;
-                timed_from = t.progress.step;
-                t.progress.epoch_loss_sum += r.total;
-                t.progress.epoch_count += r.count;
-                let loss = r.total / r.count;
-                t.log_row(serde_json::json!({"epoch": epoch, "step": t.progress.step,
-                    "loss": loss, "rec": r.rec / r.count, "kl": r.kl / r.count,
-                    "beta": beta, "samples_per_s": rate}))?;
-                if let Some(bar) = &bar {
-                    bar.set_message(format!("loss {loss:.2}  {rate:.0} samples/s"));
-                }
+                interval_samples = 0;
+                let wait = if t.reader.in_flight() > 1 {
+                    Wait::Oldest
+                } else {
+                    Wait::No
+                };
+                t.drain(wait)?;
             }
-            if let Some(bar) = &bar {
+            if let Some(bar) = &t.bar {
                 bar.set_position(i + 1);
             }
             if stopped && !epoch_end {
+                t.drain(Wait::All)?;
                 t.save()?;
-                if let Some(bar) = bar {
-                    bar.finish_and_clear();
-                }
-                return Ok(TrainReport {
-                    epochs: summaries,
-                    finish: Finish::Stopped {
-                        step: t.progress.step,
-                    },
-                });
+                return Ok(t.stopped(summaries));
             }
         }
+        t.drain(Wait::All)?;
         let seconds = started.elapsed().as_secs_f64();
         let test_loss = test.as_ref().map(|(_, eval)| eval.loss(gpu)).transpose()?;
         let summary = EpochSummary {
@@ -426,7 +542,7 @@ pub fn train(
             train_loss: t.progress.epoch_loss_sum / t.progress.epoch_count,
             test_loss,
             seconds,
-            samples_per_s: ((steps_per_epoch - first_step) * s.batch as u64) as f64 / seconds,
+            samples_per_s: epoch_samples as f64 / seconds,
         };
         t.progress = Progress {
             epochs_done: epoch,
@@ -435,37 +551,26 @@ pub fn train(
             ..Progress::default()
         };
         t.save()?;
-        t.log_row(serde_json::json!({"epoch": epoch, "step": t.progress.step,
+        let row = serde_json::json!({"epoch": epoch, "step": t.progress.step,
             "train_loss": summary.train_loss, "test_loss": summary.test_loss,
-            "epoch_seconds": seconds, "samples_per_s": summary.samples_per_s}))?;
-        let line = format!(
+            "epoch_seconds": seconds, "samples_per_s": summary.samples_per_s});
+        writeln!(t.metrics, "{row}").context("writing metrics.jsonl")?;
+        t.println(&format!(
             "epoch {epoch:>3}: train -ELBO {:.2}  test -ELBO {}  ({:.2} s, {:.0} samples/s)",
             summary.train_loss,
             summary.test_loss.map_or("-".into(), |t| format!("{t:.2}")),
             seconds,
             summary.samples_per_s
-        );
-        match &bar {
-            Some(bar) if !bar.is_hidden() => {
-                bar.println(line);
-                bar.reset();
-            }
-            _ => println!("{line}"),
+        ));
+        if let Some(bar) = &t.bar {
+            bar.reset();
         }
         summaries.push(summary);
         if stopped && epoch < s.epochs {
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            return Ok(TrainReport {
-                epochs: summaries,
-                finish: Finish::Stopped {
-                    step: t.progress.step,
-                },
-            });
+            return Ok(t.stopped(summaries));
         }
     }
-    if let Some(bar) = bar {
+    if let Some(bar) = t.bar {
         bar.finish_and_clear();
     }
     Ok(TrainReport {
