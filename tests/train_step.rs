@@ -40,17 +40,34 @@ fn compare(what: &str, layout: &vae_wgpu::model::ParamLayout, got: &[f32], want:
 
 #[test]
 fn gpu_step_matches_cpu_reference() {
+    // The Tanh case clips the gradient norm (sums over the batch are far above 5, so the clip
+    // is active) and adds L2 decay; the Elu case uses AdamW's decoupled decay.
+    let clipped = AdamConfig {
+        max_norm: 1.0,
+        weight_decay: 1e-2,
+        ..AdamConfig::default()
+    };
+    let adamw = AdamConfig {
+        weight_decay: 0.1,
+        decoupled: true,
+        ..AdamConfig::default()
+    };
     let cases = [
-        (Likelihood::Bernoulli, Activation::Relu),
-        (Likelihood::Bernoulli, Activation::Tanh),
-        (Likelihood::Gaussian { sigma: 0.5 }, Activation::Elu),
+        (
+            Likelihood::Bernoulli,
+            Activation::Relu,
+            AdamConfig::default(),
+        ),
+        (Likelihood::Bernoulli, Activation::Tanh, clipped),
+        (Likelihood::Gaussian { sigma: 0.5 }, Activation::Elu, adamw),
         (
             Likelihood::GaussianLearned { shared: true },
             Activation::Softplus,
+            AdamConfig::default(),
         ),
     ];
     for gpu in all_gpus() {
-        for (likelihood, act) in cases {
+        for (likelihood, act, adam) in cases {
             let cfg = VaeConfig {
                 input: 37,
                 hidden: vec![19, 11],
@@ -68,7 +85,6 @@ fn gpu_step_matches_cpu_reference() {
                 items,
                 dim: cfg.input,
             };
-            let adam = AdamConfig::default();
             let g = TrainGraph::new(
                 &gpu,
                 &cfg,
@@ -122,7 +138,14 @@ fn gpu_step_matches_cpu_reference() {
                     &r.grads,
                 );
                 // The optimizer step on both sides from the same gradient.
-                gpu.run(&[g.step_dispatches().last().unwrap()]).unwrap();
+                gpu.run(&g.optimizer_dispatches()).unwrap();
+                if adam.max_norm > 0.0 {
+                    let scale = cpu_adam::clip_scale(&adam, &r.grads);
+                    assert!(
+                        scale < 0.9,
+                        "{name}: the clip is not active (scale {scale})"
+                    );
+                }
                 cpu_adam::step(&adam, &mut state, &mut p_ref, &r.grads);
                 let params: Vec<f32> = gpu.read(&g.params).unwrap();
                 compare(

@@ -13,7 +13,7 @@ use crate::kernels::elbo::{
     Elbo, ElboDispatches, ElboInputs, ElboOutputs, ElboShape, RUNNING_LEN, Running,
 };
 use crate::kernels::matmul::{Layout, Matmul, MatmulConfig};
-use crate::kernels::reduce::ReduceKernels;
+use crate::kernels::reduce::{ReduceKernels, SumOf};
 use crate::kernels::sample::{SampleShape, Sampler};
 use crate::model::{DEC_LOGVAR, Dense, ParamLayout, VaeConfig};
 
@@ -128,6 +128,8 @@ pub struct TrainGraph {
     sampler: Sampler,
     elbo: ElboDispatches,
     adam: AdamStep,
+    /// Dispatches before Adam's (the gradient norm when clipping).
+    pre_optimizer: Vec<Dispatch>,
     /// Forward, loss and backward, in recording order (without gather and optimizer).
     loss_and_grads: Vec<Dispatch>,
     /// `loss_and_grads[..loss_end]` is the forward pass and the loss.
@@ -451,6 +453,16 @@ impl TrainGraph {
             }
         }
 
+        // Clipping needs the global gradient norm first: a two-pass sum of squares.
+        let mut optimizer = Vec::new();
+        let grad_sumsq = if adam_cfg.max_norm > 0.0 {
+            let out = scratch("grad_sumsq", 1)?;
+            let sum = reduce.sum(gpu, SumOf::Squares, layout.len as u32, &grads, &out, None)?;
+            optimizer.extend([sum.partial, sum.finish]);
+            Some(out)
+        } else {
+            None
+        };
         let adam = AdamKernel::new(gpu, adam_cfg)?.bind(
             gpu,
             layout.len as u64,
@@ -460,7 +472,7 @@ impl TrainGraph {
                 m1: &m1,
                 m2: &m2,
             },
-            None,
+            grad_sumsq.as_ref(),
         )?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -479,6 +491,7 @@ impl TrainGraph {
             sampler,
             elbo,
             adam,
+            pre_optimizer: optimizer,
             loss_and_grads: ops,
             loss_end,
             seed,
@@ -502,8 +515,16 @@ impl TrainGraph {
     /// One whole optimizer step.
     pub fn step_dispatches(&self) -> Vec<&Dispatch> {
         let mut v = self.gradient_dispatches();
-        v.push(&self.adam.dispatch);
+        v.extend(self.optimizer_dispatches());
         v
+    }
+
+    /// The optimizer update from the gradients in `grads` (with the norm, when clipping).
+    pub fn optimizer_dispatches(&self) -> Vec<&Dispatch> {
+        self.pre_optimizer
+            .iter()
+            .chain(std::iter::once(&self.adam.dispatch))
+            .collect()
     }
 
     /// Writes the per-step scalars: which rows of the permutation and which binarization, the
