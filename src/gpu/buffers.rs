@@ -157,12 +157,12 @@ impl Gpu {
         Ok(out)
     }
 
-    /// Blocks until all submitted work has finished.
+    /// Blocks until all submitted work has finished; an error if the device reported a fault.
     pub fn wait(&self, during: &str) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| self.runtime(during, e))
+            .map_err(|e| self.runtime(during, e))?;
+        self.check_faults(during)
     }
 
     pub(crate) fn runtime(&self, during: &str, e: impl std::fmt::Display) -> GpuError {

@@ -1,6 +1,7 @@
 //! Adapter selection and the device: one `Gpu` per process, created once.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use super::GpuError;
 
@@ -145,6 +146,9 @@ pub struct Gpu {
     pub features: wgpu::Features,
     /// A 16-byte buffer bound where a kernel variant does not read an input.
     pub(crate) placeholder: wgpu::Buffer,
+    /// The first error the device reported outside an error scope (a validation error, out of
+    /// memory, or the device lost), recorded instead of wgpu's default panic.
+    faults: Arc<Mutex<Option<String>>>,
 }
 
 impl fmt::Debug for Gpu {
@@ -178,6 +182,19 @@ impl Gpu {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
+        let faults: Arc<Mutex<Option<String>>> = Arc::default();
+        let record = |faults: &Arc<Mutex<Option<String>>>, what: String| {
+            let mut slot = faults.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert(what);
+        };
+        let sink = faults.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| record(&sink, e.to_string())));
+        let sink = faults.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                record(&sink, format!("the device was lost ({reason:?}): {message}"));
+            }
+        });
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("placeholder"),
             size: 16,
@@ -192,7 +209,22 @@ impl Gpu {
             limits: have,
             features,
             placeholder,
+            faults,
         })
+    }
+
+    /// An error if the device has reported a fault (uncaptured error or device loss) since it
+    /// was created. Long jobs check this at every logging point, so a fault stops them with a
+    /// message instead of a hang or a panic.
+    pub fn check_faults(&self, during: &str) -> Result<(), GpuError> {
+        let fault = self.faults.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match fault {
+            Some(reason) => Err(GpuError::Runtime {
+                during: during.to_string(),
+                reason,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Subgroup operations with at least 8 lanes: the software-adapter matmul relies on both.

@@ -335,6 +335,9 @@ impl Trainer<'_> {
 
     /// Logs the readbacks that have arrived, blocking as `wait` says.
     fn drain(&mut self, wait: Wait) -> anyhow::Result<()> {
+        if let Err(e) = self.gpu.check_faults("training") {
+            bail!("{e}; stopping. {}", self.kept());
+        }
         for (tag, raw) in self.reader.poll(self.gpu, wait)? {
             self.absorb(tag, &raw)?;
         }
