@@ -464,3 +464,22 @@ fn npy_header_edge_cases() {
         assert_error(data::load_npy(&path), &path, needle);
     }
 }
+
+#[test]
+fn test_data_must_match_the_training_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = write(&dir, "train.npy", &npy("|u1", "(2, 4)", &[0; 8]));
+    let test = write(&dir, "test.npy", &npy("|u1", "(2, 3)", &[0; 6]));
+    let same = write(&dir, "same.csv", b"1,2,3,4,0\n5,6,7,8,1\n");
+    let err = data::load_sources(train.to_str().unwrap(), test.to_str())
+        .expect_err("3-pixel test items for 4-pixel training items");
+    assert_eq!(err.path, test);
+    assert!(
+        err.to_string()
+            .contains("test items have 3 pixels (shape [3]), the training items 4 (shape [4])"),
+        "{err}"
+    );
+    // The same pixel count in another shape (CSV makes 4 pixels 2×2) is fine.
+    let src = data::load_sources(train.to_str().unwrap(), same.to_str()).unwrap();
+    assert_eq!(src.test.unwrap().len, 2);
+}

@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 
 use super::DeviceArgs;
-use crate::data::load_source;
+use crate::data::load_sources;
 use crate::gpu::Gpu;
 use crate::kernels::Activation;
 use crate::kernels::adam::AdamConfig;
@@ -107,11 +107,8 @@ impl TrainArgs {
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let mut source = load_source(&args.data)?;
-    if let Some(test) = &args.test_data {
-        let t = load_source(test)?;
-        source.test = Some(t.test.unwrap_or(t.train));
-    }
+    // Every data error is raised here, before a device is opened.
+    let source = load_sources(&args.data, args.test_data.as_deref())?;
     let gpu = Gpu::new(&args.device.request())?;
     let likelihood = match args.likelihood {
         LikelihoodArg::Bernoulli => Likelihood::Bernoulli,

@@ -16,7 +16,7 @@ use thiserror::Error;
 pub use csv::load_csv;
 pub use idx::{load_idx, load_idx_pair};
 pub use npy::load_npy;
-pub use source::{DataSource, FASHION_MNIST_DIR, load_source, shipped_mnist5k};
+pub use source::{DataSource, FASHION_MNIST_DIR, load_source, load_sources, shipped_mnist5k};
 
 #[derive(Debug, Error)]
 #[error("{}: {problem}", path.display())]

@@ -35,6 +35,47 @@ pub fn shipped_mnist5k() -> Result<Dataset> {
     )
 }
 
+/// `--data` and, if given, `--test-data` (its test split if it has one, else all of it), checked
+/// against each other before any device is opened: test items must have as many pixels as the
+/// training items, and each set at most `u32::MAX` items (the trainer indexes them with `u32`).
+pub fn load_sources(data: &str, test_data: Option<&str>) -> Result<DataSource> {
+    let mut source = load_source(data)?;
+    let mut test_path = Path::new(data);
+    if let Some(spec) = test_data {
+        let t = load_source(spec)?;
+        source.test = Some(t.test.unwrap_or(t.train));
+        test_path = Path::new(spec);
+    }
+    for (set, path) in [
+        (Some(&source.train), Path::new(data)),
+        (source.test.as_ref(), test_path),
+    ] {
+        if let Some(set) = set
+            && set.len > u32::MAX as usize
+        {
+            return fail(
+                path,
+                format!("{} items: at most {} are supported", set.len, u32::MAX),
+            );
+        }
+    }
+    if let Some(test) = &source.test
+        && test.dim() != source.train.dim()
+    {
+        return fail(
+            test_path,
+            format!(
+                "test items have {} pixels (shape {:?}), the training items {} (shape {:?})",
+                test.dim(),
+                test.item_shape,
+                source.train.dim(),
+                source.train.item_shape
+            ),
+        );
+    }
+    Ok(source)
+}
+
 /// Resolves `--data`: `mnist5k` (the default; every 5th image held out as test, since the file
 /// is sorted by label), `fashion-mnist`, a directory holding MNIST-style `train-`/`t10k-` IDX
 /// files, or a single `.npy`, `.csv[.gz]` or IDX file.
