@@ -251,7 +251,7 @@ fn bad_npy_files_are_rejected_clearly() {
         (
             "short.npy",
             npy("|u1", "(2, 4)", &[0; 7]),
-            "needs 8 bytes of data, the file holds 7",
+            "needs 8 bytes of data, the file holds only 7",
         ),
         (
             "rank.npy",
@@ -291,4 +291,195 @@ fn missing_named_dataset_says_how_to_get_it() {
             (60000, 10000)
         );
     }
+}
+
+#[test]
+fn hostile_headers_are_refused_before_reading_or_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2^32-1 of each of four dimensions: the product overflows 64 bits.
+    let mut overflow = vec![0, 0, 8, 4];
+    for _ in 0..4 {
+        overflow.extend_from_slice(&u32::MAX.to_be_bytes());
+    }
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("overflow", overflow, "more than 2^64 bytes of data"),
+        (
+            "zero-pixels",
+            idx_images(3, 0, 28, &[]),
+            "0 pixels per item",
+        ),
+        (
+            "labels-as-images",
+            idx_labels(&[1, 2]),
+            "expected images (items × rows × cols), found shape [2]",
+        ),
+        ("ndim", vec![0, 0, 8, 9, 0, 0, 0, 1], "claims 9 dimensions"),
+        // A gzip bomb behind a small header: reading stops one byte past the 10 bytes claimed.
+        (
+            "bomb.gz",
+            gz(&idx_images(10, 1, 1, &vec![0; 64 << 20])),
+            "header claims [10, 1, 1] = 10 bytes of data, but the file holds more than 10",
+        ),
+        (
+            "short.gz",
+            gz(&idx_images(10, 1, 1, &[0; 4])),
+            "but the file holds only 4",
+        ),
+        (
+            "no-trailer.gz",
+            {
+                let g = gz(&idx_images(2, 2, 2, &[1; 8]));
+                g[..g.len() - 4].to_vec()
+            },
+            "corrupt gzip data",
+        ),
+        (
+            "trailing-junk.gz",
+            [gz(&idx_images(2, 2, 2, &[1; 8])), b"junk".to_vec()].concat(),
+            "corrupt gzip data",
+        ),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = write(&dir, name, &bytes);
+        assert_error(data::load_idx(&path), &path, needle);
+    }
+    let images = write(&dir, "img", &idx_images(2, 2, 2, &[1; 8]));
+    let labels = write(&dir, "lab", &idx_images(2, 2, 2, &[1; 8]));
+    assert_error(
+        data::load_idx_pair(&images, &labels),
+        &labels,
+        "expected labels (1 dimension), found shape [2, 2, 2]",
+    );
+}
+
+#[test]
+fn csv_header_bom_and_label_column_edge_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    // A byte-order mark does not turn the first data row into a "header".
+    let path = write(&dir, "bom.csv", b"\xef\xbb\xbf0,255,7\n1,2,3\n");
+    let set = data::load_csv(&path, true).unwrap();
+    assert_eq!((set.len, set.labels), (2, Some(vec![7, 3])));
+    let cases: Vec<(&str, &[u8], bool, &str)> = vec![
+        // A first row with some numbers is data, not a header to skip silently.
+        (
+            "typo.csv",
+            b"1,2,x\n1,2,3\n",
+            false,
+            "line 1, column 3: `x` is not a number (a header row must have no numeric cells)",
+        ),
+        (
+            "one-column.csv",
+            b"5\n6\n",
+            true,
+            "line 1 has 1 column: pixels and a label column need at least 2",
+        ),
+        (
+            "bytes-range.csv",
+            b"0,300,2\n",
+            false,
+            "line 1, column 2: value 300 is outside 0–255",
+        ),
+        (
+            "huge.csv",
+            b"0.5,1e39\n",
+            false,
+            "line 1, column 2: `1e39` is not finite",
+        ),
+        ("header-only.csv", b"a,b,label\n", true, "empty dataset"),
+        (
+            "latin1.csv",
+            b"0,1\n\xe9,1\n",
+            false,
+            "line 2 is not UTF-8 text",
+        ),
+    ];
+    for (name, bytes, label, needle) in cases {
+        let path = write(&dir, name, bytes);
+        assert_error(data::load_csv(&path, label), &path, needle);
+    }
+}
+
+#[test]
+fn npy_header_edge_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fortran = npy("|u1", "(1, 2)", &[0, 1]);
+    let at = fortran.windows(5).position(|w| w == b"False").unwrap();
+    fortran[at..at + 5].copy_from_slice(b"True ");
+    let mut v2_cut = b"\x93NUMPY\x02\x00\x10".to_vec();
+    v2_cut.truncate(9);
+    let mut huge_header = b"\x93NUMPY\x02\x00".to_vec();
+    huge_header.extend_from_slice(&u32::MAX.to_le_bytes());
+    let big: Vec<u8> = [0.5f32, 1.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "fortran.npy",
+            fortran,
+            "Fortran-order arrays are not supported",
+        ),
+        ("v2-cut.npy", v2_cut, "truncated header"),
+        ("magic-only.npy", b"\x93NUMPY".to_vec(), "truncated header"),
+        (
+            "version.npy",
+            b"\x93NUMPY\x07\x00\x00\x00".to_vec(),
+            "unsupported .npy format version 7",
+        ),
+        (
+            "header-len.npy",
+            huge_header,
+            "header length 4294967295 is implausible",
+        ),
+        (
+            "overflow.npy",
+            npy("|u1", "(4294967296, 4294967296, 4294967296)", &[]),
+            "needs more than 2^64 bytes of data",
+        ),
+        (
+            "negative.npy",
+            npy("|u1", "(-1, 2)", &[]),
+            "malformed shape (-1, 2)",
+        ),
+        (
+            "zero-pixels.npy",
+            npy("|u1", "(3, 0)", &[]),
+            "0 pixels per item",
+        ),
+        (
+            "range.npy",
+            npy("<f4", "(1, 2)", &big),
+            "item 0, pixel 1: value 1.5 is outside [0, 1]",
+        ),
+        (
+            "big-endian.npy",
+            npy(">f4", "(1, 2)", &big),
+            "unsupported dtype `>f4`",
+        ),
+        (
+            "gz-long.npy.gz",
+            gz(&npy("|u1", "(1, 2)", &[0, 1, 2])),
+            "needs 2 bytes of data, the file holds more than 2",
+        ),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = write(&dir, name, &bytes);
+        assert_error(data::load_npy(&path), &path, needle);
+    }
+}
+
+#[test]
+fn test_data_must_match_the_training_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = write(&dir, "train.npy", &npy("|u1", "(2, 4)", &[0; 8]));
+    let test = write(&dir, "test.npy", &npy("|u1", "(2, 3)", &[0; 6]));
+    let same = write(&dir, "same.csv", b"1,2,3,4,0\n5,6,7,8,1\n");
+    let err = data::load_sources(train.to_str().unwrap(), test.to_str())
+        .expect_err("3-pixel test items for 4-pixel training items");
+    assert_eq!(err.path, test);
+    assert!(
+        err.to_string()
+            .contains("test items have 3 pixels (shape [3]), the training items 4 (shape [4])"),
+        "{err}"
+    );
+    // The same pixel count in another shape (CSV makes 4 pixels 2×2) is fine.
+    let src = data::load_sources(train.to_str().unwrap(), same.to_str()).unwrap();
+    assert_eq!(src.test.unwrap().len, 2);
 }

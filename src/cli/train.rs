@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use super::DeviceArgs;
-use crate::data::{DataSource, load_source};
+use crate::data::load_sources;
 use crate::gpu::Gpu;
 use crate::kernels::Activation;
 use crate::kernels::adam::AdamConfig;
@@ -230,16 +230,6 @@ fn new_run_dir(args: &TrainArgs) -> anyhow::Result<PathBuf> {
         .context("no free run directory name")
 }
 
-/// The training and test data named by `settings`.
-fn load_data(data: &str, test_data: Option<&str>) -> anyhow::Result<DataSource> {
-    let mut source = load_source(data)?;
-    if let Some(test) = test_data {
-        let t = load_source(test)?;
-        source.test = Some(t.test.unwrap_or(t.train));
-    }
-    Ok(source)
-}
-
 /// Ctrl-C and SIGTERM set the returned flag: the loop then finishes its step, writes a
 /// checkpoint and returns. A second signal exits at once (the checkpoint on disk stays intact:
 /// writes are atomic).
@@ -279,7 +269,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         }
         None => (args.settings(0), new_run_dir(args)?, None),
     };
-    let source = load_data(&settings.data, settings.test_data.as_deref())?;
+    // Every data error is raised here, before a device is opened.
+    let source = load_sources(&settings.data, settings.test_data.as_deref())?;
     let settings = TrainSettings {
         model: VaeConfig {
             input: resume
@@ -289,6 +280,23 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         },
         ..settings
     };
+    if source.train.dim() != settings.model.input {
+        bail!(
+            "{}: items have {} pixels, the checkpoint's model ({}) expects {}",
+            settings.data,
+            source.train.dim(),
+            checkpoint::describe(&settings),
+            settings.model.input
+        );
+    }
+    if (source.train.len as u64) < settings.batch as u64 {
+        bail!(
+            "--batch {} is larger than the training set ({} items in {})",
+            settings.batch,
+            source.train.len,
+            settings.data
+        );
+    }
     let gpu = Gpu::new(&args.device.request())?;
     match &resume {
         Some(c) => println!(

@@ -2,11 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::idx::{images_from, parse_bytes, with_labels};
-use super::{
-    DataError, Dataset, MAX_FILE_BYTES, Result, fail, gunzip_if_gz, load_csv, load_idx,
-    load_idx_pair, load_npy,
-};
+use super::idx::{Kind, images_from, parse, with_labels};
+use super::{Dataset, Input, Result, fail, load_csv, load_idx, load_idx_pair, load_npy};
 
 /// Where Debian's `dataset-fashion-mnist` package installs the full Fashion-MNIST.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -26,22 +23,57 @@ pub struct DataSource {
 pub fn shipped_mnist5k() -> Result<Dataset> {
     let images = Path::new("assets/mnist5k-images-idx3-ubyte.gz (embedded)");
     let labels = Path::new("assets/mnist5k-labels-idx1-ubyte.gz (embedded)");
-    let set = images_from(
-        images,
-        parse_bytes(
-            images,
-            gunzip_if_gz(images, SHIPPED_IMAGES.to_vec(), MAX_FILE_BYTES)?,
-        )?,
-    )?;
+    let set = images_from(parse(
+        Input::from_static(images, SHIPPED_IMAGES)?,
+        Kind::Images,
+    )?);
     with_labels(
         set,
         images,
         labels,
-        parse_bytes(
-            labels,
-            gunzip_if_gz(labels, SHIPPED_LABELS.to_vec(), MAX_FILE_BYTES)?,
-        )?,
+        parse(Input::from_static(labels, SHIPPED_LABELS)?, Kind::Labels)?,
     )
+}
+
+/// `--data` and, if given, `--test-data` (its test split if it has one, else all of it), checked
+/// against each other before any device is opened: test items must have as many pixels as the
+/// training items, and each set at most `u32::MAX` items (the trainer indexes them with `u32`).
+pub fn load_sources(data: &str, test_data: Option<&str>) -> Result<DataSource> {
+    let mut source = load_source(data)?;
+    let mut test_path = Path::new(data);
+    if let Some(spec) = test_data {
+        let t = load_source(spec)?;
+        source.test = Some(t.test.unwrap_or(t.train));
+        test_path = Path::new(spec);
+    }
+    for (set, path) in [
+        (Some(&source.train), Path::new(data)),
+        (source.test.as_ref(), test_path),
+    ] {
+        if let Some(set) = set
+            && set.len > u32::MAX as usize
+        {
+            return fail(
+                path,
+                format!("{} items: at most {} are supported", set.len, u32::MAX),
+            );
+        }
+    }
+    if let Some(test) = &source.test
+        && test.dim() != source.train.dim()
+    {
+        return fail(
+            test_path,
+            format!(
+                "test items have {} pixels (shape {:?}), the training items {} (shape {:?})",
+                test.dim(),
+                test.item_shape,
+                source.train.dim(),
+                source.train.item_shape
+            ),
+        );
+    }
+    Ok(source)
 }
 
 /// Resolves `--data`: `mnist5k` (the default; every 5th image held out as test, since the file
@@ -51,26 +83,28 @@ pub fn load_source(spec: &str) -> Result<DataSource> {
     match spec {
         "mnist5k" => {
             let (train, test) = shipped_mnist5k()?.strided_split(5);
-            Ok(DataSource { name: spec.into(), train, test: Some(test) })
+            Ok(DataSource {
+                name: spec.into(),
+                train,
+                test: Some(test),
+            })
         }
-        "fashion-mnist" | "fashion" => load_dir(Path::new(FASHION_MNIST_DIR)).map_err(|e| DataError {
-            path: e.path,
-            problem: format!(
-                "{}\nFull Fashion-MNIST is not installed: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) \
-                 puts it in {FASHION_MNIST_DIR}, or download the four IDX files from \
-                 https://github.com/zalandoresearch/fashion-mnist and pass their directory with --data",
-                e.problem
-            ),
-        }),
+        "fashion-mnist" | "fashion" => fashion_mnist(),
         path => {
             let path = Path::new(path);
             if path.is_dir() {
                 return load_dir(path);
             }
             if !path.exists() {
-                return fail(path, "no such file or directory (and not a named dataset: mnist5k, fashion-mnist)");
+                return fail(
+                    path,
+                    "no such file or directory (and not a named dataset: mnist5k, fashion-mnist)",
+                );
             }
-            let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_lowercase())
+                .unwrap_or_default();
             let train = if name.ends_with(".npy") || name.ends_with(".npy.gz") {
                 load_npy(path)?
             } else if name.ends_with(".csv") || name.ends_with(".csv.gz") {
@@ -78,9 +112,31 @@ pub fn load_source(spec: &str) -> Result<DataSource> {
             } else {
                 load_idx(path)?
             };
-            Ok(DataSource { name: name.clone(), train, test: None })
+            Ok(DataSource {
+                name: name.clone(),
+                train,
+                test: None,
+            })
         }
     }
+}
+
+/// The full Fashion-MNIST where Debian installs it, or how to get it.
+fn fashion_mnist() -> Result<DataSource> {
+    let dir = Path::new(FASHION_MNIST_DIR);
+    load_dir(dir).map_err(|mut e| {
+        // The hint only where the files are missing, not where they are there but bad.
+        if e.path == dir {
+            e.problem = format!(
+                "{}\nFull Fashion-MNIST is not installed: `apt-get install dataset-fashion-mnist` \
+                 (Debian/Ubuntu) puts it in {FASHION_MNIST_DIR}, or download the four IDX files \
+                 from https://github.com/zalandoresearch/fashion-mnist and pass their directory \
+                 with --data",
+                e.problem
+            );
+        }
+        e
+    })
 }
 
 /// The first of `stem` and `stem.gz` that exists in `dir`.

@@ -192,7 +192,10 @@ impl Gpu {
         let sink = faults.clone();
         device.set_device_lost_callback(move |reason, message| {
             if reason != wgpu::DeviceLostReason::Destroyed {
-                record(&sink, format!("the device was lost ({reason:?}): {message}"));
+                record(
+                    &sink,
+                    format!("the device was lost ({reason:?}): {message}"),
+                );
             }
         });
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
@@ -217,7 +220,11 @@ impl Gpu {
     /// was created. Long jobs check this at every logging point, so a fault stops them with a
     /// message instead of a hang or a panic.
     pub fn check_faults(&self, during: &str) -> Result<(), GpuError> {
-        let fault = self.faults.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let fault = self
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         match fault {
             Some(reason) => Err(GpuError::Runtime {
                 during: during.to_string(),
