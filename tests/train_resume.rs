@@ -124,7 +124,14 @@ fn same_seed_is_deterministic_and_resume_is_bit_for_bit() {
 
 #[cfg(unix)]
 #[test]
-fn ctrl_c_writes_a_checkpoint_that_resumes() {
+fn ctrl_c_and_sigterm_write_a_checkpoint_that_resumes() {
+    for signal in ["INT", "TERM"] {
+        interrupt_and_resume(signal);
+    }
+}
+
+#[cfg(unix)]
+fn interrupt_and_resume(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let mut child = Command::new(env!("CARGO_BIN_EXE_vae"))
@@ -153,8 +160,21 @@ fn ctrl_c_writes_a_checkpoint_that_resumes() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A second trainer on the same run directory is refused while the first holds it.
+    let second = vae(&[
+        &["train", "--out", run.to_str().unwrap(), "--overwrite"],
+        SMALL,
+    ]
+    .concat());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second trainer was let in");
+    assert!(
+        stderr.contains("is in use by another `vae train`")
+            && stderr.contains(&child.id().to_string()),
+        "{stderr}"
+    );
     let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
@@ -163,7 +183,7 @@ fn ctrl_c_writes_a_checkpoint_that_resumes() {
     assert_eq!(
         out.status.code(),
         Some(130),
-        "{stdout}\n{}",
+        "SIG{signal}: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("checkpoint written"), "{stdout}");

@@ -230,6 +230,41 @@ fn new_run_dir(args: &TrainArgs) -> anyhow::Result<PathBuf> {
         .context("no free run directory name")
 }
 
+/// Holds an exclusive lock on `dir/.lock` for the life of the returned file, so a second `vae
+/// train` on the same run directory refuses instead of interleaving checkpoints. The lock is the
+/// OS's (flock), so it disappears with the process, even after kill -9.
+fn lock_run_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            use std::io::{Seek, Write};
+            file.set_len(0)?;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            write!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "{} is in use by another `vae train` (process {}); wait for it or use another --out",
+                dir.display(),
+                holder.trim()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 /// Ctrl-C and SIGTERM set the returned flag: the loop then finishes its step, writes a
 /// checkpoint and returns. A second signal exits at once (the checkpoint on disk stays intact:
 /// writes are atomic).
@@ -297,6 +332,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
             settings.data
         );
     }
+    let _lock = lock_run_dir(&out)?;
     let gpu = Gpu::new(&args.device.request())?;
     match &resume {
         Some(c) => println!(
