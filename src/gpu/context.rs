@@ -216,6 +216,12 @@ impl Gpu {
         })
     }
 
+    /// Live device buffers and their bytes (wgpu's internal counters), for leak checks.
+    pub fn buffer_usage(&self) -> (i64, i64) {
+        let hal = self.device.get_internal_counters().hal;
+        (hal.buffers.read() as i64, hal.buffer_memory.read() as i64)
+    }
+
     /// An error if the device has reported a fault (uncaptured error or device loss) since it
     /// was created. Long jobs check this at every logging point, so a fault stops them with a
     /// message instead of a hang or a panic.
