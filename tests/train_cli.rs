@@ -131,3 +131,107 @@ fn bench_reports_throughput_and_step_costs() {
     assert!(num("dispatches_per_step") >= 10.0);
     assert!(num("final_mean_loss").is_finite());
 }
+
+/// Every kind of bad checkpoint given to `--resume` is refused by the real binary, before a
+/// device is opened, with the file and the problem named and exit code 1.
+#[test]
+fn bad_checkpoints_are_refused_by_resume() {
+    use vae_wgpu::kernels::Activation;
+    use vae_wgpu::kernels::adam::AdamConfig;
+    use vae_wgpu::kernels::elbo::Likelihood;
+    use vae_wgpu::model::{ParamLayout, VaeConfig};
+    use vae_wgpu::train::checkpoint::{Checkpoint, FILE};
+    use vae_wgpu::train::{Binarize, Progress, TrainSettings};
+
+    let good = |input: usize, hidden: usize| {
+        let settings = TrainSettings {
+            data: "mnist5k".into(),
+            test_data: None,
+            model: VaeConfig {
+                input,
+                hidden: vec![hidden],
+                latent: 4,
+                act: Activation::Relu,
+                likelihood: Likelihood::Bernoulli,
+            },
+            epochs: 3,
+            batch: 128,
+            adam: AdamConfig::default(),
+            seed: 1,
+            beta: 1.0,
+            kl_warmup: 0,
+            log_every: 50,
+            binarize: Binarize::None,
+        };
+        let len = ParamLayout::new(&settings.model).len;
+        Checkpoint {
+            settings,
+            progress: Progress {
+                epochs_done: 1,
+                step: 32,
+                ..Progress::default()
+            },
+            params: vec![0.0; len],
+            exp_avg: vec![0.0; len],
+            exp_avg_sq: vec![0.0; len],
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = good(784, 16).to_bytes();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            bytes[..bytes.len() / 3].to_vec(),
+            "truncated or corrupt",
+        ),
+        (
+            "not-safetensors",
+            b"PK\x03\x04 a zip file".to_vec(),
+            "truncated or corrupt",
+        ),
+        (
+            "other-model",
+            // The settings of one model over the tensors of another.
+            {
+                let b = good(784, 17).to_bytes();
+                let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+                let mut header: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+                let settings = serde_json::to_string(&good(784, 16).settings).unwrap();
+                header["__metadata__"]["settings"] = settings.into();
+                let mut text = serde_json::to_vec(&header).unwrap();
+                text.resize(text.len().next_multiple_of(8), b' ');
+                let mut out = (text.len() as u64).to_le_bytes().to_vec();
+                out.extend(text);
+                out.extend(&b[8 + n..]);
+                out
+            },
+            "tensor `enc.0.weight` has shape [784, 17], the model (784-16-4",
+        ),
+        (
+            "other-data-size",
+            good(100, 16).to_bytes(),
+            "items have 784 pixels, the checkpoint's model (100-16-4",
+        ),
+    ];
+    for (name, content, needle) in cases {
+        let run = dir.path().join(name);
+        std::fs::create_dir(&run).unwrap();
+        std::fs::write(run.join(FILE), &content).unwrap();
+        let out = vae(&["train", "--quiet", "--resume", run.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{name}: expected `{needle}` in {stderr}"
+        );
+        if name != "other-data-size" {
+            assert!(
+                stderr.contains(FILE),
+                "{name}: the file is not named: {stderr}"
+            );
+        }
+        // Nothing was written over the bad file.
+        assert_eq!(std::fs::read(run.join(FILE)).unwrap(), content, "{name}");
+    }
+}
