@@ -52,7 +52,7 @@ fn train(out: &Path, extra: &[&str]) -> String {
     .concat()))
 }
 
-/// The metrics rows without wall-clock fields.
+/// The metrics rows without wall-clock and memory fields.
 fn losses(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -60,8 +60,15 @@ fn losses(run: &Path) -> Vec<serde_json::Value> {
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
             let row = v.as_object_mut().unwrap();
-            row.remove("samples_per_s");
-            row.remove("epoch_seconds");
+            for machine_state in [
+                "samples_per_s",
+                "epoch_seconds",
+                "host_rss_bytes",
+                "device_buffers",
+                "device_buffer_bytes",
+            ] {
+                row.remove(machine_state);
+            }
             v
         })
         .collect()
