@@ -180,11 +180,13 @@ fn interrupt_and_resume(signal: &str) {
             && stderr.contains(&child.id().to_string()),
         "{stderr}"
     );
-    let kill = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    let sig = if signal == "INT" {
+        libc::SIGINT
+    } else {
+        libc::SIGTERM
+    };
+    // SAFETY: kill(2) on our own child's pid with a valid signal number.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
