@@ -235,3 +235,26 @@ fn bad_checkpoints_are_refused_by_resume() {
         assert_eq!(std::fs::read(run.join(FILE)).unwrap(), content, "{name}");
     }
 }
+
+/// A model or batch too large for the adapter's binding limit is refused before anything is
+/// allocated, naming the limit and a size that would fit. (Every adapter present has a binding
+/// limit far below these sizes: 128 MiB on lavapipe and llvmpipe.)
+#[test]
+fn a_model_or_batch_too_large_for_the_adapter_names_what_would_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let cases: [(&[&str], &str); 2] = [
+        (&["--hidden", "50000"], "use a model of at most"),
+        (&["--hidden", "20000", "--batch", "3000"], "use --batch"),
+    ];
+    for (args, advice) in cases {
+        let r = vae(&[&["train", "--quiet", "--out", out.to_str().unwrap()], args].concat());
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("max_storage_buffer_binding_size") && stderr.contains(advice),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -216,6 +216,13 @@ impl Gpu {
         })
     }
 
+    /// The largest buffer a kernel can bind, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
     /// Live device buffers and their bytes (wgpu's internal counters), for leak checks.
     pub fn buffer_usage(&self) -> (i64, i64) {
         let hal = self.device.get_internal_counters().hal;

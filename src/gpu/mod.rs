@@ -47,6 +47,17 @@ pub enum GpuError {
         need: u64,
         have: u64,
     },
+    #[error(
+        "{what} needs {need} bytes in one binding, but {adapter} allows {have} ({limit}): {advice}"
+    )]
+    DoesNotFit {
+        adapter: String,
+        what: String,
+        need: u64,
+        limit: &'static str,
+        have: u64,
+        advice: String,
+    },
     #[error("shader `{label}` failed to compile on this adapter: {reason}")]
     Shader { label: String, reason: String },
     #[error("kernel `{kernel}`: {reason}")]

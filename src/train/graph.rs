@@ -75,6 +75,49 @@ pub struct StepInputs {
     pub draw: u32,
 }
 
+/// Checks, before allocating anything, that the model's flat parameter buffer and the widest
+/// per-batch activation fit one binding, and says what would fit when not.
+fn check_fits(gpu: &Gpu, cfg: &VaeConfig, layout: &ParamLayout, batch: u32) -> Result<()> {
+    let have = gpu.max_binding_bytes();
+    let limit = "max_storage_buffer_binding_size";
+    let params = layout.len as u64 * 4;
+    if params > have {
+        return Err(GpuError::DoesNotFit {
+            adapter: gpu.info.name.clone(),
+            what: format!(
+                "the model's {} parameters (one flat buffer, as Adam updates them in one pass)",
+                layout.count()
+            ),
+            need: params,
+            limit,
+            have,
+            advice: format!(
+                "use a model of at most {} parameters (narrower --hidden), or another adapter",
+                have / 4
+            ),
+        });
+    }
+    let widest = cfg
+        .hidden
+        .iter()
+        .copied()
+        .chain([cfg.input, cfg.latent])
+        .max()
+        .unwrap_or(1);
+    let activations = batch as u64 * widest as u64 * 4;
+    if activations > have {
+        return Err(GpuError::DoesNotFit {
+            adapter: gpu.info.name.clone(),
+            what: format!("a batch of {batch} rows of {widest} activations"),
+            need: activations,
+            limit,
+            have,
+            advice: format!("use --batch {} or less", have / (widest as u64 * 4)),
+        });
+    }
+    Ok(())
+}
+
 /// The state a step reads and updates, which several graphs may share: the parameters, Adam's
 /// moments and the running loss sums. A graph for the epoch's last, smaller batch shares all of
 /// it with the main graph; an evaluation graph shares the parameters only (its moments are never
@@ -165,6 +208,7 @@ impl TrainGraph {
             });
         }
         let layout = ParamLayout::new(cfg);
+        check_fits(gpu, cfg, &layout, batch)?;
         let layers = cfg.layers();
         let (b, d, l) = (batch as usize, cfg.input, cfg.latent);
         let flat = |name: &str| gpu.zeros(name, layout.len as u64);

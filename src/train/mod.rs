@@ -99,6 +99,21 @@ impl DeviceData {
             Pixels::U8(v) => v.clone(),
             Pixels::F32(v) => v.iter().map(|&x| (x * 255.0).round() as u8).collect(),
         };
+        let have = gpu.max_binding_bytes();
+        let need = (bytes.len() as u64).next_multiple_of(16);
+        if need > have {
+            return Err(crate::gpu::GpuError::DoesNotFit {
+                adapter: gpu.info.name.clone(),
+                what: format!("the {label} ({} items of {} bytes)", set.len, set.dim()),
+                need,
+                limit: "max_storage_buffer_binding_size",
+                have,
+                advice: format!(
+                    "use at most {} items, or another adapter",
+                    have / set.dim().max(1) as u64
+                ),
+            });
+        }
         Ok(Self {
             pixels: upload_pixels(gpu, label, &bytes)?,
             items: set.len,
