@@ -130,6 +130,22 @@ fn bench_reports_throughput_and_step_costs() {
     );
     assert!(num("dispatches_per_step") >= 10.0);
     assert!(num("final_mean_loss").is_finite());
+    // Per-kernel device times (lavapipe has timestamp queries): every dispatch of a step
+    // accounted for once.
+    let kernels = r["kernels"].as_array().expect("a kernels array");
+    if !kernels.is_empty() {
+        let counted: f64 = kernels
+            .iter()
+            .map(|k| k["dispatches"].as_f64().unwrap())
+            .sum();
+        assert_eq!(counted, num("dispatches_per_step"), "{r}");
+        assert!(kernels.iter().any(|k| k["label"] == "adam"), "{r}");
+        assert!(
+            kernels
+                .iter()
+                .all(|k| k["ms_per_step"].as_f64().unwrap() >= 0.0)
+        );
+    }
 }
 
 /// Every kind of bad checkpoint given to `--resume` is refused by the real binary, before a

@@ -70,7 +70,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     gpu.write(&graph.params, &init_params(&model, &graph.layout, 1));
     graph.set_permutation(&gpu, &epoch_permutation(1, 1, items));
     let steps_per_epoch = items as u64 / args.batch as u64;
-    let step = |i: u64| {
+    let prepare = |i: u64| {
         let inputs = StepInputs {
             first: ((i % steps_per_epoch) * args.batch as u64) as u32,
             step: i,
@@ -79,6 +79,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             draw: 0,
         };
         graph.prepare(&gpu, &inputs);
+    };
+    let step = |i: u64| {
+        prepare(i);
         gpu.submit(&graph.step_dispatches());
     };
     step(0);
@@ -99,6 +102,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if r.first_nonfinite.is_some() {
         bail!("the loss went NaN/Inf during the benchmark");
     }
+    let kernels = profile_kernels(&gpu, &graph, |i| prepare(args.warmup + args.steps + 1 + i))?;
     let ms_per_step = 1e3 * seconds / args.steps as f64;
     let samples_per_s = (args.steps * args.batch as u64) as f64 / seconds;
     let dispatches = graph.step_dispatches().len();
@@ -122,6 +126,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "submits_per_step": 1,
         "readbacks_per_step": 0,
         "final_mean_loss": r.total / r.count,
+        "kernels": kernels.iter().map(|k| serde_json::json!({
+            "label": k.label, "dispatches": k.dispatches, "ms_per_step": k.ms,
+        })).collect::<Vec<_>>(),
     });
     if args.json {
         println!("{report}");
@@ -137,6 +144,67 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
         println!("launch→first step  {startup:.2} s");
         println!("per step           {dispatches} dispatches, 1 submit, 0 readbacks");
+        if kernels.is_empty() {
+            println!("(no per-kernel times: the adapter has no timestamp queries)");
+        } else {
+            let total: f64 = kernels.iter().map(|k| k.ms).sum();
+            println!(
+                "\nper kernel (timestamp queries, {PROFILED_STEPS} steps, one pass per dispatch):"
+            );
+            for k in &kernels {
+                println!(
+                    "  {:>8.3} ms {:>5.1}%  {:>2}×  {}",
+                    k.ms,
+                    100.0 * k.ms / total,
+                    k.dispatches,
+                    k.label
+                );
+            }
+            println!("  {total:>8.3} ms total");
+        }
     }
     Ok(())
+}
+
+const PROFILED_STEPS: u64 = 5;
+
+/// One kernel's share of a step.
+struct KernelTime {
+    label: String,
+    dispatches: usize,
+    /// Mean device milliseconds per step, over all its dispatches in the step.
+    ms: f64,
+}
+
+/// Device time per kernel label, averaged over a few profiled steps, largest first (empty when
+/// the adapter has no timestamp queries).
+fn profile_kernels(
+    gpu: &Gpu,
+    graph: &TrainGraph,
+    prepare: impl Fn(u64),
+) -> anyhow::Result<Vec<KernelTime>> {
+    let dispatches = graph.step_dispatches();
+    let mut times: Vec<KernelTime> = Vec::new();
+    for i in 0..PROFILED_STEPS {
+        prepare(i);
+        let Some(seconds) = gpu.profile(&dispatches)? else {
+            return Ok(Vec::new());
+        };
+        for (d, s) in dispatches.iter().zip(seconds) {
+            let ms = 1e3 * s / PROFILED_STEPS as f64;
+            match times.iter_mut().find(|k| k.label == d.label) {
+                Some(k) => {
+                    k.ms += ms;
+                    k.dispatches += (i == 0) as usize;
+                }
+                None => times.push(KernelTime {
+                    label: d.label.clone(),
+                    dispatches: 1,
+                    ms,
+                }),
+            }
+        }
+    }
+    times.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(times)
 }

@@ -6,6 +6,7 @@
 mod buffers;
 mod context;
 mod kernel;
+mod profile;
 mod readback;
 
 pub use buffers::View;
