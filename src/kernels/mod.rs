@@ -5,6 +5,7 @@ pub mod activation;
 pub mod adam;
 pub mod batch;
 pub mod elbo;
+pub mod iwae;
 pub mod matmul;
 pub mod reduce;
 pub mod sample;
@@ -19,6 +20,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("adam.wgsl", include_str!("../../shaders/adam.wgsl")),
     ("batch.wgsl", include_str!("../../shaders/batch.wgsl")),
     ("elbo.wgsl", include_str!("../../shaders/elbo.wgsl")),
+    ("iwae.wgsl", include_str!("../../shaders/iwae.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     (
         "matmul_common.wgsl",
@@ -85,6 +87,10 @@ pub const MODULES: &[ModuleSpec] = &[
     },
     ModuleSpec {
         family: "elbo.wgsl",
+        needs_subgroups: false,
+    },
+    ModuleSpec {
+        family: "iwae.wgsl",
         needs_subgroups: false,
     },
     ModuleSpec {
