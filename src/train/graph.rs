@@ -2,8 +2,6 @@
 //! loss, backward, optimizer. Every buffer, pipeline and bind group is built once here; a step is
 //! a few `queue.write_buffer`s of per-step scalars and one submit, with no readback.
 
-use std::collections::HashMap;
-
 use super::DeviceData;
 use crate::gpu::{Dispatch, Gpu, GpuError, Result, View};
 use crate::kernels::Activation;
@@ -12,45 +10,12 @@ use crate::kernels::batch::{BatchKernel, Gather};
 use crate::kernels::elbo::{
     Elbo, ElboDispatches, ElboInputs, ElboOutputs, ElboShape, RUNNING_LEN, Running,
 };
-use crate::kernels::matmul::{Layout, Matmul, MatmulConfig};
+use crate::kernels::matmul::{Layout, MatmulConfig};
 use crate::kernels::reduce::{ReduceKernels, SumOf};
 use crate::kernels::sample::{SampleShape, Sampler};
 use crate::model::{DEC_LOGVAR, Dense, ParamLayout, VaeConfig};
 
-/// Compiled matmul variants, one per epilogue configuration the graph uses.
-struct Matmuls<'g> {
-    gpu: &'g Gpu,
-    compiled: HashMap<MatmulConfig, Matmul>,
-}
-
-impl Matmuls<'_> {
-    #[allow(clippy::too_many_arguments)]
-    fn bind(
-        &mut self,
-        cfg: MatmulConfig,
-        (m, n, k): (usize, usize, usize),
-        a: &View,
-        b: &View,
-        c: &View,
-        bias: Option<&View>,
-        aux: Option<&View>,
-    ) -> Result<Dispatch> {
-        let gpu = self.gpu;
-        let matmul = match self.compiled.entry(cfg) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(Matmul::new(gpu, cfg, None)?),
-        };
-        matmul.bind(gpu, m as u32, n as u32, k as u32, a, b, c, bias, aux)
-    }
-}
-
-/// Per-layer activations kept for the backward pass.
-struct LayerBuffers {
-    pre: View,
-    out: View,
-    /// Gradient with respect to `pre`.
-    dpre: View,
-}
+use super::forward::{Forward, Matmuls, tensor};
 
 /// What a graph is built for: the batch size, the optimizer, the seed of its random streams, and
 /// whether the gather binarizes (with its own seed).
@@ -222,45 +187,23 @@ impl TrainGraph {
             None => SharedState::new(gpu, &layout)?,
         };
         let grads = flat("grads")?;
-        let view = |v: &View, name: &str| {
-            let t = layout.get(name);
-            v.slice(t.offset as u64, t.len() as u64)
-        };
+        let view = |v: &View, name: &str| tensor(v, &layout, name);
         let scratch = |name: &str, len: usize| gpu.zeros(name, len as u64);
-        let layer_buffers = |d: &Dense| -> Result<LayerBuffers> {
-            Ok(LayerBuffers {
-                pre: scratch(&format!("{}.pre", d.name), b * d.fan_out)?,
-                out: scratch(&format!("{}.out", d.name), b * d.fan_out)?,
-                dpre: scratch(&format!("{}.dpre", d.name), b * d.fan_out)?,
-            })
+        // Gradients with respect to each hidden layer's pre-activation.
+        let dpre_of = |layers: &[Dense]| -> Result<Vec<View>> {
+            layers
+                .iter()
+                .map(|d| scratch(&format!("{}.dpre", d.name), b * d.fan_out))
+                .collect()
         };
-        let enc: Vec<LayerBuffers> = layers
-            .encoder
-            .iter()
-            .map(layer_buffers)
-            .collect::<Result<_>>()?;
-        let dec: Vec<LayerBuffers> = layers
-            .decoder
-            .iter()
-            .map(layer_buffers)
-            .collect::<Result<_>>()?;
+        let (enc_dpre, dec_dpre) = (dpre_of(&layers.encoder)?, dpre_of(&layers.decoder)?);
         let x = scratch("x", b * d)?;
-        let (mu, logvar, z, eps) = (
-            scratch("mu", b * l)?,
-            scratch("logvar", b * l)?,
-            scratch("z", b * l)?,
-            scratch("eps", b * l)?,
-        );
         let (dmu, dlogvar, dz) = (
             scratch("dmu", b * l)?,
             scratch("dlogvar", b * l)?,
             scratch("dz", b * l)?,
         );
-        let (logits, d_dec, d_dec_logvar) = (
-            scratch("dec", b * d)?,
-            scratch("d_dec", b * d)?,
-            scratch("d_dec_logvar", b * d)?,
-        );
+        let (d_dec, d_dec_logvar) = (scratch("d_dec", b * d)?, scratch("d_dec_logvar", b * d)?);
         let (stats, batch_stats) = (scratch("elbo.stats", 3 * b)?, scratch("elbo.batch", 4)?);
 
         let perm = gpu.upload("perm", &(0..items as u32).collect::<Vec<_>>())?;
@@ -268,81 +211,23 @@ impl TrainGraph {
             BatchKernel::new(gpu, binarize_seed)?.bind(gpu, batch, d as u32, pixels, &perm, &x)?;
         let sampler = Sampler::new(gpu, seed)?;
         let reduce = ReduceKernels::new(gpu)?;
-        let mut mm = Matmuls {
-            gpu,
-            compiled: HashMap::new(),
-        };
-        let mut ops: Vec<Dispatch> = Vec::new();
-
-        // Forward.
-        let hidden = |act: Activation| MatmulConfig {
-            bias: true,
-            act,
-            store_pre: true,
-            ..MatmulConfig::new(Layout::NN)
-        };
-        let linear = MatmulConfig {
-            bias: true,
-            ..MatmulConfig::new(Layout::NN)
-        };
-        let mut input = x.clone();
-        for (layer, buf) in layers.encoder.iter().zip(&enc) {
-            let (w, bias) = (view(&params, &layer.weight()), view(&params, &layer.bias()));
-            ops.push(mm.bind(
-                hidden(layer.act),
-                (b, layer.fan_out, layer.fan_in),
-                &input,
-                &w,
-                &buf.out,
-                Some(&bias),
-                Some(&buf.pre),
-            )?);
-            input = buf.out.clone();
-        }
-        let top = input;
-        for (head, out) in [(&layers.mu, &mu), (&layers.logvar, &logvar)] {
-            let (w, bias) = (view(&params, &head.weight()), view(&params, &head.bias()));
-            ops.push(mm.bind(
-                linear,
-                (b, l, head.fan_in),
-                &top,
-                &w,
-                out,
-                Some(&bias),
-                None,
-            )?);
-        }
+        let mut mm = Matmuls::new(gpu);
+        let fwd = Forward::build(gpu, &mut mm, cfg, &layout, &params, &x, b, 1, &sampler)?;
+        let Forward {
+            enc,
+            mu,
+            logvar,
+            z,
+            eps,
+            dec,
+            out: logits,
+            dispatches: mut ops,
+        } = fwd;
         let shape = SampleShape {
             rows: batch,
             cols: l as u32,
             samples: 1,
         };
-        ops.push(sampler.forward(gpu, shape, 0, &mu, &logvar, &z, &eps)?);
-        let mut input = z.clone();
-        for (layer, buf) in layers.decoder.iter().zip(&dec) {
-            let (w, bias) = (view(&params, &layer.weight()), view(&params, &layer.bias()));
-            ops.push(mm.bind(
-                hidden(layer.act),
-                (b, layer.fan_out, layer.fan_in),
-                &input,
-                &w,
-                &buf.out,
-                Some(&bias),
-                Some(&buf.pre),
-            )?);
-            input = buf.out.clone();
-        }
-        let out = &layers.out;
-        let (w, bias) = (view(&params, &out.weight()), view(&params, &out.bias()));
-        ops.push(mm.bind(
-            linear,
-            (b, d, out.fan_in),
-            &input,
-            &w,
-            &logits,
-            Some(&bias),
-            None,
-        )?);
 
         // Loss and its gradient with respect to the decoder output, μ and logσ².
         let learned = cfg.likelihood.learns_variance();
@@ -430,7 +315,7 @@ impl TrainGraph {
                 (&dz, input_grad(None, false), None)
             } else {
                 (
-                    &dec[i - 1].dpre,
+                    &dec_dpre[i - 1],
                     input_grad(Some(layers.decoder[i - 1].act), false),
                     Some(&dec[i - 1].pre),
                 )
@@ -472,7 +357,7 @@ impl TrainGraph {
                     (b, head.fan_in, l),
                     grad_in,
                     &w,
-                    &last.dpre,
+                    enc_dpre.last().expect("an encoder layer"),
                     None,
                     Some(&last.pre),
                 )?);
@@ -481,16 +366,16 @@ impl TrainGraph {
         for i in (0..layers.encoder.len()).rev() {
             let layer = &layers.encoder[i];
             let input = if i == 0 { &x } else { &enc[i - 1].out };
-            param_grads(&mut mm, layer, input, &enc[i].dpre, &mut ops)?;
+            param_grads(&mut mm, layer, input, &enc_dpre[i], &mut ops)?;
             if i > 0 {
                 let w = view(&params, &layer.weight());
                 let cfg = input_grad(Some(layers.encoder[i - 1].act), false);
                 ops.push(mm.bind(
                     cfg,
                     (b, layer.fan_in, layer.fan_out),
-                    &enc[i].dpre,
+                    &enc_dpre[i],
                     &w,
-                    &enc[i - 1].dpre,
+                    &enc_dpre[i - 1],
                     None,
                     Some(&enc[i - 1].pre),
                 )?);

@@ -1,6 +1,7 @@
 //! Training: the dataset on the device, the step graph, checkpoints and the loop around them.
 
 pub mod checkpoint;
+pub mod forward;
 pub mod graph;
 pub mod run;
 
