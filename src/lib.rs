@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod cpu;
 pub mod data;
+pub mod eval;
 pub mod gpu;
 pub mod kernels;
 pub mod model;

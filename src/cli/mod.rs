@@ -2,6 +2,7 @@
 
 mod bench;
 mod devices;
+mod eval;
 mod train;
 
 use clap::{Args, Parser, Subcommand};
@@ -25,6 +26,8 @@ pub enum Command {
     Devices(DeviceArgs),
     /// Train a VAE (default: 784-400-20 on the shipped 5,000 MNIST images).
     Train(Box<train::TrainArgs>),
+    /// Evaluate a run: test ELBO, importance-sampled log p(x), active units.
+    Eval(eval::EvalArgs),
     /// Time warm training steps of the reference model (samples/s, ms/step, start-up).
     Bench(bench::BenchArgs),
 }
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Devices(args) => devices::run(&args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Train(args) => train::run(&args),
+        Command::Eval(args) => eval::run(&args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&args).map(|()| std::process::ExitCode::SUCCESS),
     }
 }

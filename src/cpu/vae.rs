@@ -79,6 +79,30 @@ fn through_activation(d: &Dense, dy: &[f64], pre: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// The posterior (μ, logσ²), [B, L] each, of a batch `x` [B, D].
+pub fn encode(cfg: &VaeConfig, layout: &ParamLayout, p: &[f64], x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let layers = cfg.layers();
+    let batch = x.len() / cfg.input;
+    let mut h = x.to_vec();
+    for d in &layers.encoder {
+        h = dense_forward(d, layout, p, &h, batch).1;
+    }
+    let (mu, _) = dense_forward(&layers.mu, layout, p, &h, batch);
+    let (logvar, _) = dense_forward(&layers.logvar, layout, p, &h, batch);
+    (mu, logvar)
+}
+
+/// The decoder output (logits or means), [R, D], for latents `z` [R, L].
+pub fn decode(cfg: &VaeConfig, layout: &ParamLayout, p: &[f64], z: &[f64]) -> Vec<f64> {
+    let layers = cfg.layers();
+    let rows = z.len() / cfg.latent;
+    let mut h = z.to_vec();
+    for d in &layers.decoder {
+        h = dense_forward(d, layout, p, &h, rows).1;
+    }
+    dense_forward(&layers.out, layout, p, &h, rows).0
+}
+
 /// Loss and gradient for one batch `x` [B, D] with noise `eps` [B, L].
 pub fn step(
     cfg: &VaeConfig,

@@ -57,11 +57,30 @@ pub struct IwaeKernels {
 pub struct IwaeDispatches {
     pub log_weights: Dispatch,
     pub accumulate: Dispatch,
+    params: wgpu::Buffer,
+    shape: IwaeShape,
 }
 
 impl IwaeDispatches {
     pub fn dispatches(&self) -> [&Dispatch; 2] {
         [&self.log_weights, &self.accumulate]
+    }
+
+    /// Counts only the first `used` samples of the bound chunk in the next runs (a last, partial
+    /// chunk): the rest of the rows are computed but neither weighed nor accumulated.
+    pub fn set_samples(&self, gpu: &Gpu, used: u32) {
+        assert!(
+            used >= 1 && used <= self.shape.samples,
+            "samples out of range"
+        );
+        let p = Params {
+            batch: self.shape.batch,
+            samples: used,
+            latent: self.shape.latent,
+            _pad: 0,
+        };
+        gpu.queue
+            .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
     }
 }
 
@@ -137,6 +156,8 @@ impl IwaeKernels {
                 &bindings,
                 gpu.grid_1d(batch.div_ceil(WG)),
             )?,
+            params,
+            shape,
         })
     }
 }

@@ -132,13 +132,13 @@ impl EpochGraphs {
 }
 
 /// The test ELBO: forward passes over the whole test set in order, on the training parameters.
-struct Evaluator {
+pub struct Evaluator {
     graphs: EpochGraphs,
     items: usize,
 }
 
 impl Evaluator {
-    fn new(
+    pub fn new(
         gpu: &Gpu,
         s: &TrainSettings,
         data: &DeviceData,
@@ -154,6 +154,11 @@ impl Evaluator {
     /// Mean negative ELBO per example (β = 1), ε drawn from a fixed stream, the pixels (when
     /// binarizing) from one fixed draw apart from every training draw.
     fn loss(&self, gpu: &Gpu) -> anyhow::Result<f64> {
+        Ok(self.sums(gpu)?.total / self.items as f64)
+    }
+
+    /// The summed negative ELBO, reconstruction and KL terms over the dataset (β = 1).
+    pub fn sums(&self, gpu: &Gpu) -> anyhow::Result<Running> {
         for i in 0..self.graphs.steps() {
             let (graph, first) = self.graphs.step(i);
             let inputs = StepInputs {
@@ -166,7 +171,7 @@ impl Evaluator {
             graph.prepare(gpu, &inputs);
             gpu.submit(&graph.loss_dispatches());
         }
-        Ok(self.graphs.main.take_running(gpu)?.total / self.items as f64)
+        Ok(self.graphs.main.take_running(gpu)?)
     }
 }
 

@@ -1,0 +1,231 @@
+//! Evaluation of a trained model on a dataset: the importance-sampled log-likelihood
+//! log p(x) ≈ log (1/K) Σ_k p(x, z_k) / q(z_k | x), streamed over chunks of samples so any K fits,
+//! with the per-example posterior statistics that show active latent units.
+
+use crate::gpu::{Dispatch, Gpu, Result, View};
+use crate::kernels::batch::{BatchKernel, Gather};
+use crate::kernels::elbo::{Elbo, ElboDispatches, ElboInputs, ElboOutputs, ElboShape, RUNNING_LEN};
+use crate::kernels::iwae::{
+    IwaeBuffers, IwaeDispatches, IwaeKernels, IwaeShape, finish, initial_state,
+};
+use crate::kernels::sample::Sampler;
+use crate::model::{DEC_LOGVAR, ParamLayout, VaeConfig};
+use crate::train::DeviceData;
+use crate::train::forward::{Forward, Matmuls, tensor};
+
+/// What one evaluation pass needs: `batch` examples at a time, `chunk` samples per submit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IwaeOptions {
+    pub batch: u32,
+    pub chunk: u32,
+    pub seed: u64,
+    /// Seed of a fixed binarization of the data (as in training), if it was binarized.
+    pub binarize_seed: Option<u64>,
+}
+
+/// The device graph: gather B examples repeated S times, encode the first B rows, draw S
+/// samples each, decode all S·B, score them, and fold their weights into the running bound.
+pub struct IwaeGraph {
+    opts: IwaeOptions,
+    latent: usize,
+    perm: View,
+    gather: Gather,
+    sampler: Sampler,
+    forward: Vec<Dispatch>,
+    elbo: ElboDispatches,
+    iwae: IwaeDispatches,
+    state: View,
+    pub mu: View,
+    pub logvar: View,
+}
+
+/// Per-example results of one batch.
+pub struct BatchResult {
+    /// log (1/K) Σ_k w_k for each example.
+    pub log_px: Vec<f64>,
+    /// The posterior means and log-variances, [B, L].
+    pub mu: Vec<f32>,
+    pub logvar: Vec<f32>,
+}
+
+impl IwaeGraph {
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &VaeConfig,
+        params: &View,
+        data: &DeviceData,
+        opts: IwaeOptions,
+    ) -> Result<Self> {
+        let layout = ParamLayout::new(cfg);
+        let (b, s) = (opts.batch as usize, opts.chunk as usize);
+        let (d, l) = (cfg.input, cfg.latent);
+        let rows = b * s;
+        let scratch = |name: &str, len: usize| gpu.zeros(name, len as u64);
+        // x_rep [S·B, D]: row s·B + r is example r, so its first B rows are the batch itself.
+        let x_rep = scratch("x_rep", rows * d)?;
+        let perm = scratch("perm_rep", rows)?;
+        let gather = BatchKernel::new(gpu, opts.binarize_seed)?.bind(
+            gpu,
+            rows as u32,
+            d as u32,
+            &data.pixels,
+            &perm,
+            &x_rep,
+        )?;
+        let sampler = Sampler::new(gpu, opts.seed)?;
+        let mut mm = Matmuls::new(gpu);
+        let x = x_rep.slice(0, (b * d) as u64);
+        let fwd = Forward::build(
+            gpu, &mut mm, cfg, &layout, params, &x, b, opts.chunk, &sampler,
+        )?;
+        // The ELBO rows give each draw's −log p(x|z). Its KL terms and gradients are not used
+        // here: z and ε stand in for the per-row μ and logσ² it expects.
+        let learned = cfg.likelihood.learns_variance();
+        let dec_logvar = learned.then(|| tensor(params, &layout, DEC_LOGVAR));
+        let stats = scratch("eval.stats", 3 * rows)?;
+        let (d_dec, d_dec_lv) = (
+            scratch("eval.d_dec", rows * d)?,
+            scratch("eval.d_dec_lv", rows * d)?,
+        );
+        let (dmu, dlv) = (
+            scratch("eval.dmu", rows * l)?,
+            scratch("eval.dlv", rows * l)?,
+        );
+        let (batch_sums, running) = (
+            scratch("eval.batch", 4)?,
+            scratch("eval.running", RUNNING_LEN)?,
+        );
+        let elbo = Elbo::new(gpu, cfg.likelihood)?.bind(
+            gpu,
+            ElboShape {
+                batch: rows as u32,
+                dim: d as u32,
+                latent: l as u32,
+            },
+            1.0,
+            1.0,
+            &ElboInputs {
+                x: &x_rep,
+                dec: &fwd.out,
+                dec_logvar: dec_logvar.as_ref(),
+                mu: &fwd.z,
+                logvar: &fwd.eps,
+            },
+            &ElboOutputs {
+                stats: &stats,
+                d_dec: &d_dec,
+                d_dec_logvar: learned.then_some(&d_dec_lv),
+                dmu: &dmu,
+                dlogvar: &dlv,
+                batch: &batch_sums,
+                running: &running,
+            },
+        )?;
+        let state = scratch("iwae.state", 2 * b)?;
+        let log_w = scratch("iwae.log_w", rows)?;
+        let iwae = IwaeKernels::new(gpu)?.bind(
+            gpu,
+            IwaeShape {
+                batch: b as u32,
+                samples: s as u32,
+                latent: l as u32,
+            },
+            &IwaeBuffers {
+                rec: &stats.slice(0, rows as u64),
+                z: &fwd.z,
+                eps: &fwd.eps,
+                logvar: &fwd.logvar,
+                log_w: &log_w,
+                state: &state,
+            },
+        )?;
+        Ok(Self {
+            opts,
+            latent: l,
+            perm,
+            gather,
+            sampler,
+            forward: fwd.dispatches,
+            elbo,
+            iwae,
+            state,
+            mu: fwd.mu,
+            logvar: fwd.logvar,
+        })
+    }
+
+    /// The bound with `k` samples for `items` (at most the graph's batch; a short last batch is
+    /// padded with repeats of its last item, whose results are dropped). `stream` separates the
+    /// noise of different batches.
+    pub fn run(&self, gpu: &Gpu, items: &[u32], k: u64, stream: u32) -> Result<BatchResult> {
+        let (b, s) = (self.opts.batch as usize, self.opts.chunk as u64);
+        assert!(!items.is_empty() && items.len() <= b && k >= 1);
+        let mut padded = items.to_vec();
+        padded.resize(b, *items.last().expect("non-empty"));
+        let rep: Vec<u32> = (0..s).flat_map(|_| padded.iter().copied()).collect();
+        gpu.write(&self.perm, &rep);
+        gpu.write(&self.state, &initial_state(b));
+        // One fixed binarization of the evaluated data, as for the test ELBO in training.
+        self.gather.set(gpu, 0, u32::MAX);
+        let chunks = k.div_ceil(s);
+        for c in 0..chunks {
+            let used = (k - c * s).min(s) as u32;
+            self.iwae.set_samples(gpu, used);
+            self.sampler.set_state(
+                gpu,
+                self.opts.seed,
+                stream.wrapping_mul(0x10000).wrapping_add(c as u32),
+            );
+            let mut ops: Vec<&Dispatch> = vec![&self.gather.dispatch];
+            ops.extend(&self.forward);
+            ops.push(&self.elbo.rows);
+            ops.extend(self.iwae.dispatches());
+            gpu.submit(&ops);
+        }
+        let state: Vec<f32> = gpu.read(&self.state)?;
+        let n = items.len();
+        let mut log_px = finish(&state, k);
+        log_px.truncate(n);
+        let mut mu: Vec<f32> = gpu.read(&self.mu)?;
+        let mut logvar: Vec<f32> = gpu.read(&self.logvar)?;
+        mu.truncate(n * self.latent);
+        logvar.truncate(n * self.latent);
+        Ok(BatchResult { log_px, mu, logvar })
+    }
+}
+
+/// Posterior statistics over a dataset, from every example's (μ, logσ²).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentStats {
+    /// Mean KL(q(z_d|x) ‖ N(0, 1)) per dimension, nats.
+    pub kl_per_dim: Vec<f64>,
+    /// Variance across the data of each dimension's posterior mean.
+    pub mean_variance: Vec<f64>,
+}
+
+impl LatentStats {
+    pub fn new(mu: &[f32], logvar: &[f32], latent: usize) -> Self {
+        let n = (mu.len() / latent).max(1) as f64;
+        let mut kl = vec![0.0; latent];
+        let (mut sum, mut sumsq) = (vec![0.0; latent], vec![0.0; latent]);
+        for (i, (&m, &v)) in mu.iter().zip(logvar).enumerate() {
+            let (m, v) = (m as f64, v as f64);
+            let dim = i % latent;
+            kl[dim] += 0.5 * (m * m + v.exp() - 1.0 - v);
+            sum[dim] += m;
+            sumsq[dim] += m * m;
+        }
+        Self {
+            kl_per_dim: kl.iter().map(|k| k / n).collect(),
+            mean_variance: (0..latent)
+                .map(|d| (sumsq[d] / n - (sum[d] / n).powi(2)).max(0.0))
+                .collect(),
+        }
+    }
+
+    /// Dimensions whose posterior mean varies across the data: Cov_x(E_q[z_d]) > 0.01
+    /// (Burda et al.'s criterion).
+    pub fn active_units(&self) -> usize {
+        self.mean_variance.iter().filter(|&&v| v > 0.01).count()
+    }
+}
