@@ -56,6 +56,25 @@ pub struct LayerBuffers {
     pub out: View,
 }
 
+/// The encoder's buffers for `rows` inputs and its dispatches.
+pub struct Encoded {
+    /// Hidden layers, [rows, width] each.
+    pub enc: Vec<LayerBuffers>,
+    /// The posterior, [rows, L].
+    pub mu: View,
+    pub logvar: View,
+    pub dispatches: Vec<Dispatch>,
+}
+
+/// The decoder's buffers for `rows` latents and its dispatches.
+pub struct Decoded {
+    /// Hidden layers, [rows, width] each.
+    pub dec: Vec<LayerBuffers>,
+    /// Logits (Bernoulli) or means (Gaussian), [rows, D].
+    pub out: View,
+    pub dispatches: Vec<Dispatch>,
+}
+
 /// The forward pass's buffers, and its dispatches in recording order.
 pub struct Forward {
     /// Encoder hidden layers, [rows, width] each.
@@ -73,6 +92,123 @@ pub struct Forward {
     pub dispatches: Vec<Dispatch>,
 }
 
+fn hidden(act: Activation) -> MatmulConfig {
+    MatmulConfig {
+        bias: true,
+        act,
+        store_pre: true,
+        ..MatmulConfig::new(Layout::NN)
+    }
+}
+
+fn linear() -> MatmulConfig {
+    MatmulConfig {
+        bias: true,
+        ..MatmulConfig::new(Layout::NN)
+    }
+}
+
+/// `act(input·W + b)` for each layer of a stack on `rows` rows; returns the layers' buffers and
+/// the last output.
+#[allow(clippy::too_many_arguments)]
+fn stack(
+    gpu: &Gpu,
+    mm: &mut Matmuls,
+    layout: &ParamLayout,
+    params: &View,
+    layers: &[Dense],
+    input: &View,
+    rows: usize,
+    dispatches: &mut Vec<Dispatch>,
+) -> Result<(Vec<LayerBuffers>, View)> {
+    let mut bufs = Vec::new();
+    let mut input = input.clone();
+    for layer in layers {
+        let buf = LayerBuffers {
+            pre: gpu.zeros(&format!("{}.pre", layer.name), (rows * layer.fan_out) as u64)?,
+            out: gpu.zeros(&format!("{}.out", layer.name), (rows * layer.fan_out) as u64)?,
+        };
+        dispatches.push(mm.bind(
+            hidden(layer.act),
+            (rows, layer.fan_out, layer.fan_in),
+            &input,
+            &tensor(params, layout, &layer.weight()),
+            &buf.out,
+            Some(&tensor(params, layout, &layer.bias())),
+            Some(&buf.pre),
+        )?);
+        input = buf.out.clone();
+        bufs.push(buf);
+    }
+    Ok((bufs, input))
+}
+
+/// Records the encoder of `cfg` on `x` ([rows, D]).
+pub(crate) fn encode(
+    gpu: &Gpu,
+    mm: &mut Matmuls,
+    cfg: &VaeConfig,
+    layout: &ParamLayout,
+    params: &View,
+    x: &View,
+    rows: usize,
+) -> Result<Encoded> {
+    let layers = cfg.layers();
+    let l = cfg.latent;
+    let mut dispatches = Vec::new();
+    let (enc, top) = stack(gpu, mm, layout, params, &layers.encoder, x, rows, &mut dispatches)?;
+    let mu = gpu.zeros("mu", (rows * l) as u64)?;
+    let logvar = gpu.zeros("logvar", (rows * l) as u64)?;
+    for (head, out) in [(&layers.mu, &mu), (&layers.logvar, &logvar)] {
+        dispatches.push(mm.bind(
+            linear(),
+            (rows, l, head.fan_in),
+            &top,
+            &tensor(params, layout, &head.weight()),
+            out,
+            Some(&tensor(params, layout, &head.bias())),
+            None,
+        )?);
+    }
+    Ok(Encoded {
+        enc,
+        mu,
+        logvar,
+        dispatches,
+    })
+}
+
+/// Records the decoder of `cfg` on `z` ([rows, L]).
+pub(crate) fn decode(
+    gpu: &Gpu,
+    mm: &mut Matmuls,
+    cfg: &VaeConfig,
+    layout: &ParamLayout,
+    params: &View,
+    z: &View,
+    rows: usize,
+) -> Result<Decoded> {
+    let layers = cfg.layers();
+    let mut dispatches = Vec::new();
+    let (dec, last) = stack(gpu, mm, layout, params, &layers.decoder, z, rows, &mut dispatches)?;
+    let out = gpu.zeros("dec", (rows * cfg.input) as u64)?;
+    let o = &layers.out;
+    dispatches.push(mm.bind(
+        linear(),
+        (rows, cfg.input, o.fan_in),
+        &last,
+        &tensor(params, layout, &o.weight()),
+        &out,
+        Some(&tensor(params, layout, &o.bias())),
+        None,
+    )?);
+    Ok(Decoded {
+        dec,
+        out,
+        dispatches,
+    })
+}
+
 impl Forward {
     /// Records the forward pass of `cfg` on `x` ([rows, D]) with the parameters in `params`,
     /// drawing ε from `sampler`'s stream 0.
@@ -88,89 +224,28 @@ impl Forward {
         samples: u32,
         sampler: &Sampler,
     ) -> Result<Self> {
-        let layers = cfg.layers();
-        let (l, d) = (cfg.latent, cfg.input);
+        let l = cfg.latent;
         let drawn = rows * samples as usize;
-        let scratch = |name: &str, len: usize| gpu.zeros(name, len as u64);
-        let param = |name: &str| tensor(params, layout, name);
-        let mut dispatches = Vec::new();
-        let hidden = |act: Activation| MatmulConfig {
-            bias: true,
-            act,
-            store_pre: true,
-            ..MatmulConfig::new(Layout::NN)
-        };
-        let linear = MatmulConfig {
-            bias: true,
-            ..MatmulConfig::new(Layout::NN)
-        };
-        // act(input·W + b) for each layer of a stack, on `n` rows.
-        let stack = |mm: &mut Matmuls,
-                     layers: &[Dense],
-                     input: &View,
-                     n: usize,
-                     dispatches: &mut Vec<Dispatch>| {
-            let mut bufs: Vec<LayerBuffers> = Vec::new();
-            let mut input = input.clone();
-            for layer in layers {
-                let buf = LayerBuffers {
-                    pre: scratch(&format!("{}.pre", layer.name), n * layer.fan_out)?,
-                    out: scratch(&format!("{}.out", layer.name), n * layer.fan_out)?,
-                };
-                dispatches.push(mm.bind(
-                    hidden(layer.act),
-                    (n, layer.fan_out, layer.fan_in),
-                    &input,
-                    &param(&layer.weight()),
-                    &buf.out,
-                    Some(&param(&layer.bias())),
-                    Some(&buf.pre),
-                )?);
-                input = buf.out.clone();
-                bufs.push(buf);
-            }
-            Ok::<_, crate::gpu::GpuError>((bufs, input))
-        };
-        let (enc, top) = stack(mm, &layers.encoder, x, rows, &mut dispatches)?;
-        let (mu, logvar) = (scratch("mu", rows * l)?, scratch("logvar", rows * l)?);
-        for (head, out) in [(&layers.mu, &mu), (&layers.logvar, &logvar)] {
-            dispatches.push(mm.bind(
-                linear,
-                (rows, l, head.fan_in),
-                &top,
-                &param(&head.weight()),
-                out,
-                Some(&param(&head.bias())),
-                None,
-            )?);
-        }
-        let (z, eps) = (scratch("z", drawn * l)?, scratch("eps", drawn * l)?);
+        let e = encode(gpu, mm, cfg, layout, params, x, rows)?;
+        let mut dispatches = e.dispatches;
+        let z = gpu.zeros("z", (drawn * l) as u64)?;
+        let eps = gpu.zeros("eps", (drawn * l) as u64)?;
         let shape = SampleShape {
             rows: rows as u32,
             cols: l as u32,
             samples,
         };
-        dispatches.push(sampler.forward(gpu, shape, 0, &mu, &logvar, &z, &eps)?);
-        let (dec, last) = stack(mm, &layers.decoder, &z, drawn, &mut dispatches)?;
-        let out = scratch("dec", drawn * d)?;
-        let o = &layers.out;
-        dispatches.push(mm.bind(
-            linear,
-            (drawn, d, o.fan_in),
-            &last,
-            &param(&o.weight()),
-            &out,
-            Some(&param(&o.bias())),
-            None,
-        )?);
+        dispatches.push(sampler.forward(gpu, shape, 0, &e.mu, &e.logvar, &z, &eps)?);
+        let d = decode(gpu, mm, cfg, layout, params, &z, drawn)?;
+        dispatches.extend(d.dispatches);
         Ok(Self {
-            enc,
-            mu,
-            logvar,
+            enc: e.enc,
+            mu: e.mu,
+            logvar: e.logvar,
             z,
             eps,
-            dec,
-            out,
+            dec: d.dec,
+            out: d.out,
             dispatches,
         })
     }
