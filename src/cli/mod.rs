@@ -3,6 +3,7 @@
 mod bench;
 mod devices;
 mod eval;
+mod pictures;
 mod train;
 
 use clap::{Args, Parser, Subcommand};
@@ -28,6 +29,14 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate a run: test ELBO, importance-sampled log p(x), active units.
     Eval(eval::EvalArgs),
+    /// Decode z ~ N(0, I) into a grid of samples (PNG).
+    Sample(pictures::SampleArgs),
+    /// Originals above their reconstructions (PNG).
+    Reconstruct(pictures::ReconstructArgs),
+    /// Decoded points along the line and the great circle between two encoded items (PNG).
+    Interpolate(pictures::InterpolateArgs),
+    /// One row per latent dimension, varied around an item's posterior mean (PNG).
+    Traverse(pictures::TraverseArgs),
     /// Time warm training steps of the reference model (samples/s, ms/step, start-up).
     Bench(bench::BenchArgs),
 }
@@ -61,6 +70,16 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Devices(args) => devices::run(&args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Train(args) => train::run(&args),
         Command::Eval(args) => eval::run(&args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Sample(args) => pictures::sample(&args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Reconstruct(args) => {
+            pictures::reconstruct(&args).map(|()| std::process::ExitCode::SUCCESS)
+        }
+        Command::Interpolate(args) => {
+            pictures::interpolate(&args).map(|()| std::process::ExitCode::SUCCESS)
+        }
+        Command::Traverse(args) => {
+            pictures::traverse(&args).map(|()| std::process::ExitCode::SUCCESS)
+        }
         Command::Bench(args) => bench::run(&args).map(|()| std::process::ExitCode::SUCCESS),
     }
 }

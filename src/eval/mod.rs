@@ -2,6 +2,8 @@
 //! log p(x) ≈ log (1/K) Σ_k p(x, z_k) / q(z_k | x), streamed over chunks of samples so any K fits,
 //! with the per-example posterior statistics that show active latent units.
 
+pub mod pictures;
+
 use crate::gpu::{Dispatch, Gpu, Result, View};
 use crate::kernels::batch::{BatchKernel, Gather};
 use crate::kernels::elbo::{Elbo, ElboDispatches, ElboInputs, ElboOutputs, ElboShape, RUNNING_LEN};

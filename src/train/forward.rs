@@ -125,8 +125,14 @@ fn stack(
     let mut input = input.clone();
     for layer in layers {
         let buf = LayerBuffers {
-            pre: gpu.zeros(&format!("{}.pre", layer.name), (rows * layer.fan_out) as u64)?,
-            out: gpu.zeros(&format!("{}.out", layer.name), (rows * layer.fan_out) as u64)?,
+            pre: gpu.zeros(
+                &format!("{}.pre", layer.name),
+                (rows * layer.fan_out) as u64,
+            )?,
+            out: gpu.zeros(
+                &format!("{}.out", layer.name),
+                (rows * layer.fan_out) as u64,
+            )?,
         };
         dispatches.push(mm.bind(
             hidden(layer.act),
@@ -156,7 +162,16 @@ pub(crate) fn encode(
     let layers = cfg.layers();
     let l = cfg.latent;
     let mut dispatches = Vec::new();
-    let (enc, top) = stack(gpu, mm, layout, params, &layers.encoder, x, rows, &mut dispatches)?;
+    let (enc, top) = stack(
+        gpu,
+        mm,
+        layout,
+        params,
+        &layers.encoder,
+        x,
+        rows,
+        &mut dispatches,
+    )?;
     let mu = gpu.zeros("mu", (rows * l) as u64)?;
     let logvar = gpu.zeros("logvar", (rows * l) as u64)?;
     for (head, out) in [(&layers.mu, &mu), (&layers.logvar, &logvar)] {
@@ -190,7 +205,16 @@ pub(crate) fn decode(
 ) -> Result<Decoded> {
     let layers = cfg.layers();
     let mut dispatches = Vec::new();
-    let (dec, last) = stack(gpu, mm, layout, params, &layers.decoder, z, rows, &mut dispatches)?;
+    let (dec, last) = stack(
+        gpu,
+        mm,
+        layout,
+        params,
+        &layers.decoder,
+        z,
+        rows,
+        &mut dispatches,
+    )?;
     let out = gpu.zeros("dec", (rows * cfg.input) as u64)?;
     let o = &layers.out;
     dispatches.push(mm.bind(

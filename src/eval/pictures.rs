@@ -1,0 +1,175 @@
+//! What a model generates, as pictures: a codec on the device (encode dataset items to posterior
+//! means, decode latents to pixel means) and PNG grids of images.
+
+use std::path::Path;
+
+use crate::gpu::{Dispatch, Gpu, Result, View};
+use crate::kernels::batch::{BatchKernel, Gather};
+use crate::kernels::elbo::Likelihood;
+use crate::model::{ParamLayout, VaeConfig};
+use crate::train::DeviceData;
+use crate::train::forward::{Matmuls, decode, encode};
+
+/// Encoder and decoder for up to `rows` items at a time, on a model's parameters.
+pub struct Codec {
+    rows: usize,
+    cfg: VaeConfig,
+    perm: View,
+    gather: Gather,
+    x: View,
+    encode: Vec<Dispatch>,
+    mu: View,
+    z: View,
+    decode: Vec<Dispatch>,
+    out: View,
+}
+
+impl Codec {
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &VaeConfig,
+        params: &View,
+        data: &DeviceData,
+        rows: usize,
+    ) -> Result<Self> {
+        let layout = ParamLayout::new(cfg);
+        let mut mm = Matmuls::new(gpu);
+        let x = gpu.zeros("pictures.x", (rows * cfg.input) as u64)?;
+        let perm = gpu.zeros("pictures.perm", rows as u64)?;
+        let gather = BatchKernel::new(gpu, None)?.bind(
+            gpu,
+            rows as u32,
+            cfg.input as u32,
+            &data.pixels,
+            &perm,
+            &x,
+        )?;
+        let e = encode(gpu, &mut mm, cfg, &layout, params, &x, rows)?;
+        let z = gpu.zeros("pictures.z", (rows * cfg.latent) as u64)?;
+        let d = decode(gpu, &mut mm, cfg, &layout, params, &z, rows)?;
+        Ok(Self {
+            rows,
+            cfg: cfg.clone(),
+            perm,
+            gather,
+            x,
+            encode: e.dispatches,
+            mu: e.mu,
+            z,
+            decode: d.dispatches,
+            out: d.out,
+        })
+    }
+
+    /// The posterior means [n, L] of dataset items (n ≤ rows).
+    pub fn encode(&self, gpu: &Gpu, items: &[u32]) -> Result<Vec<f32>> {
+        assert!(!items.is_empty() && items.len() <= self.rows);
+        let mut perm = items.to_vec();
+        perm.resize(self.rows, items[0]);
+        gpu.write(&self.perm, &perm);
+        self.gather.set(gpu, 0, 0);
+        let mut ops = vec![&self.gather.dispatch];
+        ops.extend(&self.encode);
+        gpu.submit(&ops);
+        let mut mu: Vec<f32> = gpu.read(&self.mu)?;
+        mu.truncate(items.len() * self.cfg.latent);
+        Ok(mu)
+    }
+
+    /// Pixel means [n, D] in [0, 1] for latents `z` [n, L] (n ≤ rows): sigmoid of the logits
+    /// for a Bernoulli decoder, the means clamped to [0, 1] for a Gaussian one.
+    pub fn decode(&self, gpu: &Gpu, z: &[f32]) -> Result<Vec<f32>> {
+        let n = z.len() / self.cfg.latent;
+        assert!(n >= 1 && n <= self.rows && z.len() == n * self.cfg.latent);
+        gpu.write(&self.z, z);
+        gpu.submit(&self.decode.iter().collect::<Vec<_>>());
+        let mut out: Vec<f32> = gpu.read(&self.out)?;
+        out.truncate(n * self.cfg.input);
+        let bernoulli = self.cfg.likelihood == Likelihood::Bernoulli;
+        Ok(out
+            .into_iter()
+            .map(|v| {
+                if bernoulli {
+                    1.0 / (1.0 + (-v).exp())
+                } else {
+                    v.clamp(0.0, 1.0)
+                }
+            })
+            .collect())
+    }
+
+    /// The original pixels [n, D] in [0, 1] of dataset items (as the encoder saw them).
+    pub fn originals(&self, gpu: &Gpu, items: &[u32]) -> Result<Vec<f32>> {
+        let mut perm = items.to_vec();
+        perm.resize(self.rows, items[0]);
+        gpu.write(&self.perm, &perm);
+        self.gather.set(gpu, 0, 0);
+        gpu.submit(&[&self.gather.dispatch]);
+        let mut v: Vec<f32> = gpu.read(&self.x)?;
+        v.truncate(items.len() * self.cfg.input);
+        Ok(v)
+    }
+}
+
+/// Side of a square image of `pixels` pixels, if it is one.
+pub fn square_side(pixels: usize) -> Option<usize> {
+    let s = (pixels as f64).sqrt().round() as usize;
+    (s * s == pixels).then_some(s)
+}
+
+/// A grayscale grid of square images [n, side²] in [0, 1], `cols` per row, 2-pixel gaps, as an
+/// 8-bit PNG. Returns (width, height).
+pub fn write_grid(
+    path: &Path,
+    images: &[f32],
+    side: usize,
+    cols: usize,
+) -> std::io::Result<(u32, u32)> {
+    let per = side * side;
+    let n = images.len() / per;
+    let rows = n.div_ceil(cols);
+    let gap = 2;
+    let (w, h) = (cols * (side + gap) + gap, rows * (side + gap) + gap);
+    let mut pixels = vec![40u8; w * h];
+    for i in 0..n {
+        let (ox, oy) = (
+            gap + (i % cols) * (side + gap),
+            gap + (i / cols) * (side + gap),
+        );
+        for y in 0..side {
+            for x in 0..side {
+                let v = images[i * per + y * side + x].clamp(0.0, 1.0);
+                pixels[(oy + y) * w + ox + x] = (v * 255.0).round() as u8;
+            }
+        }
+    }
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut enc = png::Encoder::new(file, w as u32, h as u32);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header().map_err(std::io::Error::other)?;
+    writer
+        .write_image_data(&pixels)
+        .map_err(std::io::Error::other)?;
+    writer.finish().map_err(std::io::Error::other)?;
+    Ok((w as u32, h as u32))
+}
+
+/// Spherical interpolation between two latents (linear when they are nearly parallel).
+pub fn slerp(a: &[f32], b: &[f32], t: f32) -> Vec<f32> {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let (na, nb) = (
+        a.iter().map(|x| x * x).sum::<f32>().sqrt(),
+        b.iter().map(|x| x * x).sum::<f32>().sqrt(),
+    );
+    let cos = (dot / (na * nb).max(1e-12)).clamp(-1.0, 1.0);
+    let omega = cos.acos();
+    if omega.abs() < 1e-4 {
+        return a.iter().zip(b).map(|(x, y)| x + t * (y - x)).collect();
+    }
+    let (s0, s1) = (
+        ((1.0 - t) * omega).sin() / omega.sin(),
+        (t * omega).sin() / omega.sin(),
+    );
+    a.iter().zip(b).map(|(x, y)| s0 * x + s1 * y).collect()
+}

@@ -1,0 +1,101 @@
+//! The picture commands on a freshly trained run: each PNG decodes, has the size its grid
+//! implies, and shows images (not a blank or constant canvas); bad item and dimension indices are
+//! clear errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn vae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vae"))
+        .args(args)
+        .output()
+        .expect("run vae")
+}
+
+/// (width, height, pixels) of a grayscale PNG.
+fn read_png(path: &Path) -> (u32, u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Grayscale);
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+/// Grid size for n tiles of 28 pixels, `cols` per row, 2-pixel gaps.
+fn grid(n: u32, cols: u32) -> (u32, u32) {
+    let rows = n.div_ceil(cols);
+    (cols * 30 + 2, rows * 30 + 2)
+}
+
+#[test]
+fn picture_commands_write_the_stated_grids() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let train = vae(&[
+        "train", "--quiet", "--epochs", "1", "--hidden", "64", "--latent", "4", "--out", run_s,
+    ]);
+    assert!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
+    let cases: [(&[&str], &str, (u32, u32)); 5] = [
+        (&["sample", "--n", "20"], "samples.png", grid(20, 5)),
+        (
+            &["reconstruct", "--n", "20"],
+            "reconstructions.png",
+            grid(4 * 16, 16),
+        ),
+        (
+            &["interpolate", "--from", "3", "--to", "500", "--steps", "7"],
+            "interpolation.png",
+            grid(14, 7),
+        ),
+        (
+            &["traverse", "--steps", "5"],
+            "traversal.png",
+            grid(4 * 5, 5),
+        ),
+        (
+            &["traverse", "--dim", "2", "--steps", "9"],
+            "traversal.png",
+            grid(9, 9),
+        ),
+    ];
+    for (args, file, (w, h)) in cases {
+        let out = vae(&[&args[..1], &[run_s], &args[1..]].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        let (gw, gh, pixels) = read_png(&run.join(file));
+        assert_eq!((gw, gh), (w, h), "{args:?}: size");
+        // Not blank: the tiles hold many distinct grey levels and real contrast.
+        let mut levels = [false; 256];
+        pixels.iter().for_each(|&p| levels[p as usize] = true);
+        let distinct = levels.iter().filter(|&&l| l).count();
+        let (lo, hi) = (pixels.iter().min().unwrap(), pixels.iter().max().unwrap());
+        assert!(
+            distinct > 32 && hi - lo > 128,
+            "{args:?}: {distinct} levels, range {lo}..{hi}"
+        );
+    }
+    for (args, needle) in [
+        (
+            &["interpolate", run_s, "--from", "999999"][..],
+            "item 999999 is out of range",
+        ),
+        (
+            &["traverse", run_s, "--dim", "4"][..],
+            "--dim 4 is out of range",
+        ),
+    ] {
+        let out = vae(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+    }
+}
