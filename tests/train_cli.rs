@@ -61,6 +61,13 @@ fn one_epoch_on_the_shipped_data_learns_and_writes_the_run() {
             && config.contains("\"adapter\"")
             && config.contains("\"crate_version\"")
     );
+    for picture in [
+        "samples.png",
+        "reconstructions.png",
+        "checkpoint.safetensors",
+    ] {
+        assert!(out_dir.join(picture).exists(), "no {picture} in the run");
+    }
     let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     let test_loss = last["test_loss"].as_f64().expect("a test loss");

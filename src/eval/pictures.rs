@@ -173,3 +173,67 @@ pub fn slerp(a: &[f32], b: &[f32], t: f32) -> Vec<f32> {
     );
     a.iter().zip(b).map(|(x, y)| s0 * x + s1 * y).collect()
 }
+
+/// The pictures `vae train` writes after every epoch: 64 samples from fixed z ~ N(0, I) (the same
+/// z each epoch, so progress is visible) and 16 items above their reconstructions.
+pub struct EpochPictures {
+    codec: Codec,
+    side: usize,
+    input: usize,
+    z: Vec<f32>,
+    items: Vec<u32>,
+}
+
+impl EpochPictures {
+    /// `None` when the items are not square images.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &VaeConfig,
+        params: &View,
+        data: &DeviceData,
+        seed: u64,
+    ) -> Result<Option<Self>> {
+        let Some(side) = square_side(cfg.input) else {
+            return Ok(None);
+        };
+        let pos = crate::cpu::philox::StreamPos {
+            seed,
+            step: 0,
+            stream: 0x5a4d,
+        };
+        let z = crate::cpu::sample::normals(&pos, 64 * cfg.latent)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let n = data.items.min(16) as u32;
+        // Spread over the data (the shipped test split is ordered by label).
+        let items = (0..n)
+            .map(|i| (i as usize * data.items / n as usize) as u32)
+            .collect();
+        Ok(Some(Self {
+            codec: Codec::new(gpu, cfg, params, data, 64)?,
+            side,
+            input: cfg.input,
+            z,
+            items,
+        }))
+    }
+
+    /// Writes `samples.png` and `reconstructions.png` into `dir`.
+    pub fn write(&self, gpu: &Gpu, dir: &Path) -> std::result::Result<(), String> {
+        let fail = |e: &dyn std::fmt::Display| e.to_string();
+        let samples = self.codec.decode(gpu, &self.z).map_err(|e| fail(&e))?;
+        write_grid(&dir.join("samples.png"), &samples, self.side, 8).map_err(|e| fail(&e))?;
+        let mu = self.codec.encode(gpu, &self.items).map_err(|e| fail(&e))?;
+        let mut grid = self
+            .codec
+            .originals(gpu, &self.items)
+            .map_err(|e| fail(&e))?;
+        grid.extend(self.codec.decode(gpu, &mu).map_err(|e| fail(&e))?);
+        let cols = self.items.len();
+        debug_assert_eq!(grid.len(), 2 * cols * self.input);
+        write_grid(&dir.join("reconstructions.png"), &grid, self.side, cols)
+            .map_err(|e| fail(&e))?;
+        Ok(())
+    }
+}

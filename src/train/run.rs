@@ -15,6 +15,7 @@ use super::checkpoint::{self, Checkpoint, Progress};
 use super::graph::SharedState;
 use super::{DeviceData, GraphOptions, StepInputs, TrainGraph, TrainSettings};
 use crate::data::DataSource;
+use crate::eval::pictures::EpochPictures;
 use crate::gpu::{AsyncReader, Gpu, Wait};
 use crate::kernels::elbo::Running;
 use crate::model::{ParamLayout, init_params};
@@ -467,6 +468,10 @@ pub fn train(
         }
         None => None,
     };
+    let pictures = match &test {
+        Some((data, _)) => EpochPictures::new(gpu, &s.model, &g.params, data, s.seed)?,
+        None => EpochPictures::new(gpu, &s.model, &g.params, &train_data, s.seed)?,
+    };
     let steps_per_epoch = graphs.steps();
     let reader = AsyncReader::new(&g.running);
     let mut t = Trainer {
@@ -559,6 +564,10 @@ pub fn train(
             ..Progress::default()
         };
         t.save()?;
+        if let Some(p) = &pictures {
+            p.write(gpu, &opts.out)
+                .map_err(|e| anyhow::anyhow!("writing the epoch's pictures: {e}"))?;
+        }
         let (buffers, buffer_bytes) = gpu.buffer_usage();
         let row = serde_json::json!({"epoch": epoch, "step": t.progress.step,
             "train_loss": summary.train_loss, "test_loss": summary.test_loss,
