@@ -3,6 +3,7 @@
 //! with the per-example posterior statistics that show active latent units.
 
 pub mod pictures;
+pub mod plots;
 
 use crate::gpu::{Dispatch, Gpu, Result, View};
 use crate::kernels::batch::{BatchKernel, Gather};
