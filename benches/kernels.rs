@@ -51,6 +51,7 @@ const SHAPES: &[Shape] = &[
     shape("128x784 . 784x400", Layout::NN, 128, 400, 784),
     shape("128x400 . 400x784", Layout::NN, 128, 784, 400),
     shape("(128x784)T . 128x400", Layout::TN, 784, 400, 128),
+    shape("(128x400)T . 128x20", Layout::TN, 400, 20, 128),
     shape("128x784 . (400x784)T", Layout::NT, 128, 400, 784),
     shape("1024^3", Layout::NN, 1024, 1024, 1024),
 ];

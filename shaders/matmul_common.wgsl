@@ -9,9 +9,10 @@ struct MatmulParams {
     // Column tiles and total tiles; the grid may be folded into x/y (`Gpu::grid_1d`).
     tiles_n: u32,
     tiles: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // log2 of the row widths of the A and B textures (subgroup kernel only).
+    a_shift: u32,
+    b_shift: u32,
+    _pad: u32,
 }
 
 override TRANS_A: bool = false;

@@ -8,6 +8,8 @@ pub enum Slot {
     Uniform,
     Read,
     ReadWrite,
+    /// A 2-D `r32float` storage texture, read only (see [`TexelCopy`]).
+    ReadTexture,
 }
 
 /// A compiled compute pipeline and its bind-group layout.
@@ -23,6 +25,8 @@ pub struct Kernel {
 pub enum Binding<'a> {
     Uniform(&'a wgpu::Buffer),
     Storage(&'a View),
+    /// For [`Slot::ReadTexture`].
+    Texture(&'a wgpu::TextureView),
     /// The slot is not read by this kernel variant.
     Unused,
 }
@@ -34,6 +38,63 @@ pub struct Dispatch {
     pub pipeline: wgpu::ComputePipeline,
     pub bind_group: wgpu::BindGroup,
     pub groups: [u32; 3],
+    /// Encoded before the dispatch, outside the compute pass.
+    pub copies: Vec<TexelCopy>,
+}
+
+/// A buffer range copied into an `r32float` texture, row after row, before a dispatch: the
+/// texture, bound as a [`Slot::ReadTexture`], is how a kernel reads an operand where per-lane
+/// storage-buffer loads are slow. On Mesa 22.3 lavapipe every such load is a loop over the 8 lanes
+/// with a branch and a vector insert per lane and component (~30 cycles per element); an image load
+/// is a branch-free gather, several times cheaper.
+#[derive(Debug, Clone)]
+pub struct TexelCopy {
+    pub src: View,
+    /// `width` texels per row (a power of two, at least 64: rows of 256 bytes as copies need).
+    pub texture: wgpu::Texture,
+}
+
+impl TexelCopy {
+    /// log2 of the row width: element `i` is texel `(i & (width - 1), i >> shift)`.
+    pub fn shift(&self) -> u32 {
+        self.texture.width().trailing_zeros()
+    }
+
+    fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        let width = self.texture.width() as u64;
+        let rows = self.src.len / width;
+        // The whole rows, then the partial last one.
+        for (y, w, h) in [(0, width, rows), (rows, self.src.len % width, 1)] {
+            if w == 0 || h == 0 {
+                continue;
+            }
+            encoder.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &self.src.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: (self.src.offset + y * width) * 4,
+                        bytes_per_row: Some(width as u32 * 4),
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &self.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d {
+                        x: 0,
+                        y: y as u32,
+                        z: 0,
+                    },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d {
+                    width: w as u32,
+                    height: h as u32,
+                    depth_or_array_layers: 1,
+                },
+            );
+        }
+    }
 }
 
 impl Dispatch {
@@ -81,6 +142,11 @@ impl Gpu {
                         },
                         has_dynamic_offset: false,
                         min_binding_size: None,
+                    },
+                    Slot::ReadTexture => wgpu::BindingType::StorageTexture {
+                        access: wgpu::StorageTextureAccess::ReadOnly,
+                        format: wgpu::TextureFormat::R32Float,
+                        view_dimension: wgpu::TextureViewDimension::D2,
                     },
                 },
                 count: None,
@@ -163,6 +229,7 @@ impl Gpu {
                 resource: match b {
                     Binding::Uniform(buf) => buf.as_entire_binding(),
                     Binding::Storage(view) => view.binding(),
+                    Binding::Texture(view) => wgpu::BindingResource::TextureView(view),
                     Binding::Unused => placeholder.binding(),
                 },
             })
@@ -177,19 +244,69 @@ impl Gpu {
             pipeline: kernel.pipeline.clone(),
             bind_group,
             groups,
+            copies: Vec::new(),
         })
     }
 
-    /// Records `dispatches` into one compute pass of one command buffer and submits it.
+    /// Records `dispatches` into one command buffer and submits it: one compute pass, split only
+    /// where a dispatch has copies to encode first.
     pub fn submit(&self, dispatches: &[&Dispatch]) {
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for d in dispatches {
-                d.record(&mut pass);
+        let mut pass: Option<wgpu::ComputePass<'static>> = None;
+        for d in dispatches {
+            if !d.copies.is_empty() {
+                drop(pass.take());
+                for c in &d.copies {
+                    c.encode(&mut encoder);
+                }
             }
+            let pass = pass.get_or_insert_with(|| {
+                encoder
+                    .begin_compute_pass(&Default::default())
+                    .forget_lifetime()
+            });
+            d.record(pass);
         }
+        drop(pass);
         self.queue.submit([encoder.finish()]);
+    }
+
+    /// A texture to receive `src` (see [`TexelCopy`]): rows of 64 texels, or wider where the
+    /// adapter's texture height limit needs it.
+    pub fn texel_copy(&self, label: &str, src: &View) -> Result<TexelCopy> {
+        let max = self.limits.max_texture_dimension_2d as u64;
+        let mut width = 64u64;
+        while src.len.div_ceil(width) > max && width < max {
+            width *= 2;
+        }
+        let rows = src.len.div_ceil(width).max(1);
+        if rows > max || width > max {
+            return Err(GpuError::AdapterTooSmall {
+                adapter: self.info.name.clone(),
+                what: format!("texture `{label}` ({} texels)", src.len),
+                limit: "max_texture_dimension_2d",
+                need: rows.max(width),
+                have: max,
+            });
+        }
+        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(label),
+            size: wgpu::Extent3d {
+                width: width as u32,
+                height: rows as u32,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::R32Float,
+            usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        Ok(TexelCopy {
+            src: src.clone(),
+            texture,
+        })
     }
 
     /// Submits and waits, reporting validation errors (tests and one-off jobs).

@@ -14,7 +14,7 @@ pub use context::{
     AdapterRequest, BackendChoice, ENGINE_NEEDS, EngineNeeds, Gpu, choose_adapter, enumerate,
     is_software, new_instance,
 };
-pub use kernel::{Binding, Dispatch, Kernel, Slot};
+pub use kernel::{Binding, Dispatch, Kernel, Slot, TexelCopy};
 pub use readback::{AsyncReader, Wait};
 
 use thiserror::Error;

@@ -17,8 +17,9 @@
 //!
 //! Two kernels compute the same thing: [`MatmulVariant::Tiled`], portable shared-memory tiling,
 //! and [`MatmulVariant::Subgroup`], the software-adapter fast path (one 8-lane subgroup per
-//! workgroup, `subgroupBroadcast`, a 64×64 tile in registers). [`Matmul::new`] picks the
-//! subgroup kernel on software adapters with subgroups of at least 8 lanes, else the tiled one.
+//! workgroup, `subgroupBroadcast`, a 32×64 tile in registers, A and B read from `r32float` textures
+//! that each dispatch first copies them into). [`Matmul::new`] picks the subgroup kernel on
+//! software adapters with subgroups of at least 8 lanes, else the tiled one.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -53,8 +54,9 @@ impl Layout {
 pub enum MatmulVariant {
     /// Shared-memory tiled, register-blocked (64×64 tile, 4×4 per invocation). Runs anywhere.
     Tiled,
-    /// One 8-lane subgroup per workgroup, 64×64 tile in registers, no workgroup memory: fast on
-    /// software adapters (lavapipe). Needs [`Gpu::has_subgroups`].
+    /// One 8-lane subgroup per workgroup, 32×64 tile in registers, no workgroup memory, operands
+    /// copied into textures (image loads are far cheaper than storage loads on lavapipe): fast on
+    /// software adapters. Needs [`Gpu::has_subgroups`].
     Subgroup,
 }
 
@@ -161,16 +163,28 @@ impl MatmulConfig {
 
 /// Rows × columns of C per workgroup.
 const TILED_TILE: (u32, u32) = (64, 64);
-const SUBGROUP_TILE: (u32, u32) = (64, 64);
+const SUBGROUP_TILE: (u32, u32) = (32, 64);
 
-/// Both kernels: params, A, B, C, bias, aux.
-const SLOTS: &[Slot] = &[
+/// The tiled kernel: params, A, B, C, bias, aux.
+const TILED_SLOTS: &[Slot] = &[
     Slot::Uniform,
     Slot::Read,
     Slot::Read,
     Slot::ReadWrite,
     Slot::Read,
     Slot::ReadWrite,
+];
+
+/// The subgroup kernel: the same, then A and B copied into textures (A and B stay bound unread).
+const SUBGROUP_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+    Slot::Read,
+    Slot::ReadWrite,
+    Slot::ReadTexture,
+    Slot::ReadTexture,
 ];
 
 #[repr(C)]
@@ -181,7 +195,10 @@ struct Params {
     k: u32,
     tiles_n: u32,
     tiles: u32,
-    _pad: [u32; 3],
+    /// log2 of the row widths of the A and B textures (subgroup kernel).
+    a_shift: u32,
+    b_shift: u32,
+    _pad: u32,
 }
 
 /// One matmul configuration with its compiled pipeline.
@@ -249,7 +266,11 @@ impl Matmul {
                 MatmulVariant::Subgroup => "matmul_subgroup.wgsl",
             }),
         };
-        let kernel = gpu.kernel(&label, &source, "main", SLOTS, &cfg.constants())?;
+        let slots = match variant {
+            MatmulVariant::Tiled => TILED_SLOTS,
+            MatmulVariant::Subgroup => SUBGROUP_SLOTS,
+        };
+        let kernel = gpu.kernel(&label, &source, "main", slots, &cfg.constants())?;
         Ok(Self {
             cfg,
             variant,
@@ -347,6 +368,14 @@ impl Matmul {
         if tiles > u32::MAX as u64 {
             return Err(self.shape_error(format!("{tiles} workgroups overflow the grid")));
         }
+        let copies = match self.variant {
+            MatmulVariant::Tiled => Vec::new(),
+            MatmulVariant::Subgroup => vec![
+                gpu.texel_copy(&format!("{}.a", self.label), &a)?,
+                gpu.texel_copy(&format!("{}.b", self.label), &b)?,
+            ],
+        };
+        let shift = |i: usize| copies.get(i).map_or(0, |t| t.shift());
         let params = gpu.uniform(
             &self.label,
             &Params {
@@ -355,10 +384,16 @@ impl Matmul {
                 k,
                 tiles_n,
                 tiles: tiles as u32,
-                _pad: [0; 3],
+                a_shift: shift(0),
+                b_shift: shift(1),
+                _pad: 0,
             },
         );
-        let bindings = [
+        let views: Vec<wgpu::TextureView> = copies
+            .iter()
+            .map(|t| t.texture.create_view(&Default::default()))
+            .collect();
+        let mut bindings = vec![
             Binding::Uniform(&params),
             Binding::Storage(&a),
             Binding::Storage(&b),
@@ -366,7 +401,10 @@ impl Matmul {
             optional(&bias),
             Binding::Storage(aux.as_ref().unwrap_or(&self.unused_rw)),
         ];
-        gpu.dispatch(&self.kernel, &bindings, gpu.grid_1d(tiles as u32))
+        bindings.extend(views.iter().map(Binding::Texture));
+        let mut dispatch = gpu.dispatch(&self.kernel, &bindings, gpu.grid_1d(tiles as u32))?;
+        dispatch.copies = copies;
+        Ok(dispatch)
     }
 }
 
