@@ -146,7 +146,9 @@ pub fn first_two_components(x: &[f32], dim: usize) -> Vec<(f64, f64)> {
         return (0..n).map(|i| (row(i)[0] as f64, 0.0)).collect();
     }
     if dim == 2 {
-        return (0..n).map(|i| (row(i)[0] as f64, row(i)[1] as f64)).collect();
+        return (0..n)
+            .map(|i| (row(i)[0] as f64, row(i)[1] as f64))
+            .collect();
     }
     let mean: Vec<f64> = (0..dim)
         .map(|d| (0..n).map(|i| row(i)[d] as f64).sum::<f64>() / n as f64)
@@ -162,7 +164,9 @@ pub fn first_two_components(x: &[f32], dim: usize) -> Vec<(f64, f64)> {
     }
     let mut components: Vec<Vec<f64>> = Vec::new();
     for c in 0..2 {
-        let mut v: Vec<f64> = (0..dim).map(|d| 1.0 + (d * (c + 1)) as f64 * 0.01).collect();
+        let mut v: Vec<f64> = (0..dim)
+            .map(|d| 1.0 + (d * (c + 1)) as f64 * 0.01)
+            .collect();
         for _ in 0..500 {
             let mut w: Vec<f64> = (0..dim)
                 .map(|a| (0..dim).map(|b| cov[a * dim + b] * v[b]).sum())

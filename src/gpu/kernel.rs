@@ -98,6 +98,13 @@ impl TexelCopy {
 }
 
 impl Dispatch {
+    /// Encodes the texture copies this dispatch reads (outside any compute pass), if any.
+    pub fn encode_copies(&self, encoder: &mut wgpu::CommandEncoder) {
+        for c in &self.copies {
+            c.encode(encoder);
+        }
+    }
+
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);

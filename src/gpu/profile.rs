@@ -5,8 +5,8 @@ use super::{Dispatch, Gpu, Result};
 impl Gpu {
     /// Runs `dispatches` once, each in its own compute pass bracketed by timestamps, and returns
     /// each one's device time in seconds; `None` when the adapter has no timestamp queries.
-    /// (Separate passes add a little per-dispatch overhead: use it to see proportions, and the
-    /// plain step timing for throughput.)
+    /// (Separate passes add a little per-dispatch overhead, and a dispatch's texture copies fall
+    /// outside its timed pass: use it to see proportions, the plain step timing for throughput.)
     pub fn profile(&self, dispatches: &[&Dispatch]) -> Result<Option<Vec<f64>>> {
         if !self.features.contains(wgpu::Features::TIMESTAMP_QUERY) || dispatches.is_empty() {
             return Ok(None);
@@ -36,6 +36,7 @@ impl Gpu {
         });
         let mut encoder = self.device.create_command_encoder(&Default::default());
         for (i, d) in dispatches.iter().enumerate() {
+            d.encode_copies(&mut encoder);
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(&d.label),
                 timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
