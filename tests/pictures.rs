@@ -35,7 +35,18 @@ fn picture_commands_write_the_stated_grids() {
     let run = dir.path().join("run");
     let run_s = run.to_str().unwrap();
     let train = vae(&[
-        "train", "--quiet", "--epochs", "1", "--hidden", "64", "--latent", "4", "--out", run_s,
+        "train",
+        "--quiet",
+        "--epochs",
+        "2",
+        "--log-every",
+        "4",
+        "--hidden",
+        "64",
+        "--latent",
+        "4",
+        "--out",
+        run_s,
     ]);
     assert!(
         train.status.success(),
@@ -80,6 +91,36 @@ fn picture_commands_write_the_stated_grids() {
             distinct > 32 && hi - lo > 128,
             "{args:?}: {distinct} levels, range {lo}..{hi}"
         );
+    }
+    // The latent scatter (colour, so RGB) and the loss curves.
+    for (args, file, size) in [
+        (
+            &["latent", run_s, "--limit", "300"][..],
+            "latent.png",
+            (900, 760),
+        ),
+        (&["plot", run_s][..], "curves.png", (900, 680)),
+    ] {
+        let out = vae(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let decoder = png::Decoder::new(std::io::BufReader::new(
+            std::fs::File::open(run.join(file)).unwrap(),
+        ));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), size, "{file}");
+        // Drawn on: far from all-white, and coloured points/lines present.
+        let pixels = &buf[..info.buffer_size()];
+        let coloured = pixels
+            .chunks(3)
+            .filter(|p| p.iter().max().unwrap() - p.iter().min().unwrap() > 60)
+            .count();
+        assert!(coloured > 200, "{file}: only {coloured} coloured pixels");
     }
     for (args, needle) in [
         (

@@ -37,6 +37,10 @@ pub enum Command {
     Interpolate(pictures::InterpolateArgs),
     /// One row per latent dimension, varied around an item's posterior mean (PNG).
     Traverse(pictures::TraverseArgs),
+    /// Scatter of posterior means coloured by label (PNG).
+    Latent(pictures::LatentArgs),
+    /// Loss curves of a run from its metrics (PNG).
+    Plot(pictures::PlotArgs),
     /// Time warm training steps of the reference model (samples/s, ms/step, start-up).
     Bench(bench::BenchArgs),
 }
@@ -80,6 +84,8 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Traverse(args) => {
             pictures::traverse(&args).map(|()| std::process::ExitCode::SUCCESS)
         }
+        Command::Latent(args) => pictures::latent(&args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Plot(args) => pictures::plot(&args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&args).map(|()| std::process::ExitCode::SUCCESS),
     }
 }

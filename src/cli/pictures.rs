@@ -11,6 +11,7 @@ use crate::cpu::philox::StreamPos;
 use crate::cpu::sample::normals;
 use crate::data::{Dataset, load_sources};
 use crate::eval::pictures::{Codec, slerp, square_side, write_grid};
+use crate::eval::plots::{Curve, Panel, first_two_components, line_panels, scatter};
 use crate::gpu::Gpu;
 use crate::train::DeviceData;
 use crate::train::checkpoint::{self, Checkpoint};
@@ -263,4 +264,121 @@ pub fn traverse(args: &TraverseArgs) -> anyhow::Result<()> {
     }
     let images = m.decode_all(&z)?;
     m.write(&args.common, "traversal.png", &images, args.steps)
+}
+
+#[derive(Args, Debug)]
+pub struct LatentArgs {
+    #[command(flatten)]
+    pub common: PictureArgs,
+    /// Plot at most this many items.
+    #[arg(long, default_value_t = 5000)]
+    pub limit: usize,
+}
+
+/// Posterior means of the data coloured by label: the two latent dimensions themselves when
+/// the latent is 2-D, else the first two principal components.
+pub fn latent(args: &LatentArgs) -> anyhow::Result<()> {
+    if args.limit == 0 {
+        bail!("--limit must be at least 1");
+    }
+    let m = load(&args.common)?;
+    let Some(labels) = m.set.labels.clone() else {
+        bail!("the data has no labels to colour the points by");
+    };
+    let l = m.ckpt.settings.model.latent;
+    let n = args.limit.min(m.set.len);
+    let items: Vec<u32> = (0..n as u32).collect();
+    let mut mu = Vec::new();
+    for part in items.chunks(CODEC_ROWS) {
+        mu.extend(m.codec.encode(&m.gpu, part)?);
+    }
+    let points = first_two_components(&mu, l);
+    let (title, axes) = if l <= 2 {
+        ("posterior means", ("z1", "z2"))
+    } else {
+        (
+            "posterior means, first two principal components",
+            ("PC 1", "PC 2"),
+        )
+    };
+    let path = args
+        .common
+        .out
+        .clone()
+        .unwrap_or_else(|| args.common.run.join("latent.png"));
+    scatter(&path, &points, &labels[..n], title, axes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    println!("wrote {} ({n} items)", path.display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// The run directory (its metrics.jsonl).
+    pub run: PathBuf,
+    /// The PNG to write [default: RUN/curves.png].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Loss curves from a run's metrics: train and test −ELBO per epoch; the reconstruction and KL
+/// terms per logging interval.
+pub fn plot(args: &PlotArgs) -> anyhow::Result<()> {
+    let path = args.run.join("metrics.jsonl");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{}: line {}", path.display(), i + 1))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let series = |filter: &str, x: &str, y: &str| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter(|r| r.get(filter).is_some())
+            .filter_map(|r| Some((r[x].as_f64()?, r[y].as_f64()?)))
+            .collect()
+    };
+    let curve = |name: &str, points| Curve {
+        name: name.into(),
+        points,
+    };
+    let epochs = vec![
+        curve("train −ELBO", series("train_loss", "epoch", "train_loss")),
+        curve("test −ELBO", series("test_loss", "epoch", "test_loss")),
+    ];
+    let terms = vec![
+        curve("reconstruction", series("rec", "step", "rec")),
+        curve("KL", series("kl", "step", "kl")),
+    ];
+    let panels: Vec<Panel> = [
+        ("−ELBO per epoch (nats)", "epoch", epochs),
+        ("loss terms per logging interval (nats)", "step", terms),
+    ]
+    .into_iter()
+    .map(|(title, x, curves)| Panel {
+        title: title.into(),
+        x_label: x.into(),
+        y_label: "nats".into(),
+        curves: curves
+            .into_iter()
+            .filter(|c| !c.points.is_empty())
+            .collect(),
+    })
+    .filter(|p| !p.curves.is_empty())
+    .collect();
+    if panels.is_empty() {
+        bail!(
+            "{}: no finished logging interval or epoch to plot",
+            path.display()
+        );
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.run.join("curves.png"));
+    line_panels(&out, &panels).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
 }

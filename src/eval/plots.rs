@@ -124,6 +124,10 @@ pub fn line_panels(path: &Path, panels: &[Panel]) -> Result<(), String> {
                 .map_err(err)?
                 .label(c.name.as_str())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+            // Markers too, so a curve of one point (one epoch) still shows.
+            chart
+                .draw_series(c.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(err)?;
         }
         chart
             .configure_series_labels()
