@@ -5,62 +5,22 @@
 //! saves two alternating checkpoints as fast as it can while the parent kills it after varying
 //! delays.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vae_wgpu::kernels::Activation;
-use vae_wgpu::kernels::adam::AdamConfig;
-use vae_wgpu::kernels::elbo::Likelihood;
-use vae_wgpu::model::{ParamLayout, VaeConfig};
-use vae_wgpu::train::checkpoint::{self, Checkpoint, Progress};
-use vae_wgpu::train::{Binarize, TrainSettings};
+use vae_wgpu::train::checkpoint::{self, Checkpoint};
 
 const DIR_VAR: &str = "VAE_KILL_TEST_DIR";
 
 /// The reference model's size (7.8 MB per file), so a write takes long enough to be hit.
 fn version(k: u64) -> Checkpoint {
-    let settings = TrainSettings {
-        data: "mnist5k".into(),
-        test_data: None,
-        model: VaeConfig {
-            input: 784,
-            hidden: vec![400],
-            latent: 20,
-            act: Activation::Relu,
-            likelihood: Likelihood::Bernoulli,
-        },
-        epochs: 10,
-        batch: 128,
-        adam: AdamConfig::default(),
-        seed: 1,
-        beta: 1.0,
-        kl_warmup: 0,
-        log_every: 50,
-        binarize: Binarize::None,
-    };
-    let layout = ParamLayout::new(&settings.model);
-    // Values in every tensor, zeros in the alignment padding (which files do not store).
-    let fill = |s: f32| {
-        let mut flat = vec![0.0f32; layout.len];
-        for t in &layout.tensors {
-            for (i, v) in flat[t.offset..t.offset + t.len()].iter_mut().enumerate() {
-                *v = s * (i % 1000) as f32;
-            }
-        }
-        flat
-    };
-    Checkpoint {
-        settings,
-        progress: Progress {
-            epochs_done: k as usize,
-            step: k,
-            ..Progress::default()
-        },
-        params: fill(k as f32),
-        exp_avg: fill(0.5 * k as f32),
-        exp_avg_sq: fill(0.25 * k as f32),
-    }
+    let scale = [1.0, 0.5, 0.25];
+    common::mlp_checkpoint(784, 400, 20, k as usize, |kind, i| {
+        scale[kind] * k as f32 * (i % 1000) as f32
+    })
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `vae train` driven through the real binary: bad settings are refused up front, and a short run
 //! on the shipped data learns.
 
+mod common;
+
 use std::process::Command;
 
 fn vae(args: &[&str]) -> std::process::Output {
@@ -159,46 +161,9 @@ fn bench_reports_throughput_and_step_costs() {
 /// device is opened, with the file and the problem named and exit code 1.
 #[test]
 fn bad_checkpoints_are_refused_by_resume() {
-    use vae_wgpu::kernels::Activation;
-    use vae_wgpu::kernels::adam::AdamConfig;
-    use vae_wgpu::kernels::elbo::Likelihood;
-    use vae_wgpu::model::{ParamLayout, VaeConfig};
-    use vae_wgpu::train::checkpoint::{Checkpoint, FILE};
-    use vae_wgpu::train::{Binarize, Progress, TrainSettings};
+    use vae_wgpu::train::checkpoint::FILE;
 
-    let good = |input: usize, hidden: usize| {
-        let settings = TrainSettings {
-            data: "mnist5k".into(),
-            test_data: None,
-            model: VaeConfig {
-                input,
-                hidden: vec![hidden],
-                latent: 4,
-                act: Activation::Relu,
-                likelihood: Likelihood::Bernoulli,
-            },
-            epochs: 3,
-            batch: 128,
-            adam: AdamConfig::default(),
-            seed: 1,
-            beta: 1.0,
-            kl_warmup: 0,
-            log_every: 50,
-            binarize: Binarize::None,
-        };
-        let len = ParamLayout::new(&settings.model).len;
-        Checkpoint {
-            settings,
-            progress: Progress {
-                epochs_done: 1,
-                step: 32,
-                ..Progress::default()
-            },
-            params: vec![0.0; len],
-            exp_avg: vec![0.0; len],
-            exp_avg_sq: vec![0.0; len],
-        }
-    };
+    let good = |input, hidden| common::mlp_checkpoint(input, hidden, 4, 1, |_, _| 0.0);
     let dir = tempfile::tempdir().unwrap();
     let bytes = good(784, 16).to_bytes();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![

@@ -89,3 +89,62 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: impl Fn(usize) -
 
 /// f32 unit roundoff.
 pub const U32: f64 = f32::EPSILON as f64 / 2.0;
+
+/// A checkpoint of an `input-hidden-latent` ReLU Bernoulli VAE with the default training
+/// settings on the shipped data, after `epochs_done` epochs of 32 steps. Every tensor element i
+/// (counted within its tensor) of parameters, first and second moments is `value(0|1|2, i)`;
+/// the alignment padding, which files do not store, is 0.
+pub fn mlp_checkpoint(
+    input: usize,
+    hidden: usize,
+    latent: usize,
+    epochs_done: usize,
+    value: impl Fn(usize, usize) -> f32,
+) -> vae_wgpu::train::Checkpoint {
+    use vae_wgpu::kernels::Activation;
+    use vae_wgpu::kernels::adam::AdamConfig;
+    use vae_wgpu::kernels::elbo::Likelihood;
+    use vae_wgpu::model::{ParamLayout, VaeConfig};
+    use vae_wgpu::train::{Binarize, Checkpoint, Progress, TrainSettings};
+
+    let settings = TrainSettings {
+        data: "mnist5k".into(),
+        test_data: None,
+        model: VaeConfig {
+            input,
+            hidden: vec![hidden],
+            latent,
+            act: Activation::Relu,
+            likelihood: Likelihood::Bernoulli,
+        },
+        epochs: 10,
+        batch: 128,
+        adam: AdamConfig::default(),
+        seed: 1,
+        beta: 1.0,
+        kl_warmup: 0,
+        log_every: 50,
+        binarize: Binarize::None,
+    };
+    let layout = ParamLayout::new(&settings.model);
+    let fill = |kind: usize| {
+        let mut flat = vec![0.0f32; layout.len];
+        for t in &layout.tensors {
+            for (i, v) in flat[t.offset..t.offset + t.len()].iter_mut().enumerate() {
+                *v = value(kind, i);
+            }
+        }
+        flat
+    };
+    Checkpoint {
+        settings,
+        progress: Progress {
+            epochs_done,
+            step: 32 * epochs_done as u64,
+            ..Progress::default()
+        },
+        params: fill(0),
+        exp_avg: fill(1),
+        exp_avg_sq: fill(2),
+    }
+}
