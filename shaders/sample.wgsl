@@ -85,13 +85,13 @@ fn block_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return flat_workgroup(wid, nwg) * WG + lid;
 }
 
-// Test entries: the raw words and the uniforms of elements 0..n.
+// Test entry: the raw words (or, with AS_UNIFORM, the bits of their uniforms) of elements 0..n.
+override AS_UNIFORM: bool = false;
 @group(0) @binding(2) var<storage, read_write> out_words: array<u32>;
-@group(0) @binding(2) var<storage, read_write> out_uniforms: array<f32>;
 
 @compute @workgroup_size(WG)
-fn raw_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) lid: u32) {
+fn draws(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
     let block = block_index(wid, nwg, lid);
     if (block >= (shape.n + 3u) / 4u) {
         return;
@@ -100,23 +100,7 @@ fn raw_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     for (var i = 0u; i < 4u; i++) {
         let e = block * 4u + i;
         if (e < shape.n) {
-            out_words[e] = w[i];
-        }
-    }
-}
-
-@compute @workgroup_size(WG)
-fn uniforms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-            @builtin(local_invocation_index) lid: u32) {
-    let block = block_index(wid, nwg, lid);
-    if (block >= (shape.n + 3u) / 4u) {
-        return;
-    }
-    let w = block_words(block);
-    for (var i = 0u; i < 4u; i++) {
-        let e = block * 4u + i;
-        if (e < shape.n) {
-            out_uniforms[e] = uniform01(w[i]);
+            out_words[e] = select(w[i], bitcast<u32>(uniform01(w[i])), AS_UNIFORM);
         }
     }
 }
