@@ -1,9 +1,8 @@
 //! A writer killed with SIGKILL at an arbitrary moment (mid-write, mid-fsync, mid-rename) never
 //! leaves a torn checkpoint: the file always loads and holds one of the complete versions.
 //!
-//! The test re-runs its own binary as the writer (`writer_child`, ignored unless asked for), which
-//! saves two alternating checkpoints as fast as it can while the parent kills it after varying
-//! delays.
+//! The test re-runs itself as the writer (told so by an environment variable), which saves two
+//! alternating checkpoints as fast as it can while the parent kills it after varying delays.
 
 mod common;
 
@@ -23,34 +22,28 @@ fn version(k: u64) -> Checkpoint {
     })
 }
 
-#[test]
-#[ignore = "the writer process of kill_9_never_leaves_a_torn_checkpoint"]
-fn writer_child() {
-    let Ok(dir) = std::env::var(DIR_VAR) else {
-        return;
-    };
-    let path = Path::new(&dir).join(checkpoint::FILE);
+/// The child's part: write the two versions alternately until killed.
+fn write_forever(dir: &str) -> ! {
+    let path = Path::new(dir).join(checkpoint::FILE);
     let versions = [version(1), version(2)];
     for i in 0.. {
         versions[i % 2].save(&path).unwrap();
     }
+    unreachable!("killed by the parent")
 }
 
 #[test]
 fn kill_9_never_leaves_a_torn_checkpoint() {
+    if let Ok(dir) = std::env::var(DIR_VAR) {
+        write_forever(&dir);
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(checkpoint::FILE);
     let versions = [version(1), version(2)];
     let mut seen = [0usize; 2];
     for round in 0..12u64 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "writer_child",
-                "--ignored",
-                "--test-threads",
-                "1",
-            ])
+            .args(["--exact", "kill_9_never_leaves_a_torn_checkpoint"])
             .env(DIR_VAR, dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

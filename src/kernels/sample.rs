@@ -65,8 +65,20 @@ impl Sampler {
         let test = [Uniform, Read, ReadWrite];
         let six = [Uniform, Read, Read, Read, ReadWrite, ReadWrite];
         Ok(Self {
-            raw_words: gpu.kernel("sample.raw_words", &src, "draws", &test, &[("AS_UNIFORM", 0.0)])?,
-            uniforms: gpu.kernel("sample.uniforms", &src, "draws", &test, &[("AS_UNIFORM", 1.0)])?,
+            raw_words: gpu.kernel(
+                "sample.raw_words",
+                &src,
+                "draws",
+                &test,
+                &[("AS_UNIFORM", 0.0)],
+            )?,
+            uniforms: gpu.kernel(
+                "sample.uniforms",
+                &src,
+                "draws",
+                &test,
+                &[("AS_UNIFORM", 1.0)],
+            )?,
             forward: gpu.kernel("sample.forward", &src, "reparam_forward", &six, &[])?,
             backward: gpu.kernel("sample.backward", &src, "reparam_backward", &six, &[])?,
             advance: gpu.kernel("sample.advance", &src, "advance", &[ReadWrite], &[])?,
