@@ -92,61 +92,68 @@ pub struct Forward {
     pub dispatches: Vec<Dispatch>,
 }
 
-fn hidden(act: Activation) -> MatmulConfig {
-    MatmulConfig {
-        bias: true,
-        act,
-        store_pre: true,
-        ..MatmulConfig::new(Layout::NN)
-    }
+/// The model's parameters and the compiled matmuls: what every dense layer is recorded with.
+struct Net<'a, 'g> {
+    gpu: &'a Gpu,
+    mm: &'a mut Matmuls<'g>,
+    layout: &'a ParamLayout,
+    params: &'a View,
 }
 
-fn linear() -> MatmulConfig {
-    MatmulConfig {
-        bias: true,
-        ..MatmulConfig::new(Layout::NN)
-    }
-}
-
-/// `act(input·W + b)` for each layer of a stack on `rows` rows; returns the layers' buffers and
-/// the last output.
-#[allow(clippy::too_many_arguments)]
-fn stack(
-    gpu: &Gpu,
-    mm: &mut Matmuls,
-    layout: &ParamLayout,
-    params: &View,
-    layers: &[Dense],
-    input: &View,
-    rows: usize,
-    dispatches: &mut Vec<Dispatch>,
-) -> Result<(Vec<LayerBuffers>, View)> {
-    let mut bufs = Vec::new();
-    let mut input = input.clone();
-    for layer in layers {
-        let buf = LayerBuffers {
-            pre: gpu.zeros(
-                &format!("{}.pre", layer.name),
-                (rows * layer.fan_out) as u64,
-            )?,
-            out: gpu.zeros(
-                &format!("{}.out", layer.name),
-                (rows * layer.fan_out) as u64,
-            )?,
+impl Net<'_, '_> {
+    /// Records `out = input·W + b` on `rows` rows; with `pre`, stores that there and applies
+    /// the layer's activation into `out`.
+    fn dense(
+        &mut self,
+        layer: &Dense,
+        input: &View,
+        out: &View,
+        rows: usize,
+        pre: Option<&View>,
+    ) -> Result<Dispatch> {
+        let cfg = MatmulConfig {
+            bias: true,
+            act: if pre.is_some() {
+                layer.act
+            } else {
+                Activation::Identity
+            },
+            store_pre: pre.is_some(),
+            ..MatmulConfig::new(Layout::NN)
         };
-        dispatches.push(mm.bind(
-            hidden(layer.act),
+        self.mm.bind(
+            cfg,
             (rows, layer.fan_out, layer.fan_in),
-            &input,
-            &tensor(params, layout, &layer.weight()),
-            &buf.out,
-            Some(&tensor(params, layout, &layer.bias())),
-            Some(&buf.pre),
-        )?);
-        input = buf.out.clone();
-        bufs.push(buf);
+            input,
+            &tensor(self.params, self.layout, &layer.weight()),
+            out,
+            Some(&tensor(self.params, self.layout, &layer.bias())),
+            pre,
+        )
     }
-    Ok((bufs, input))
+
+    /// The hidden layers of a stack on `rows` rows; returns their buffers and the last output.
+    fn stack(
+        &mut self,
+        layers: &[Dense],
+        input: &View,
+        rows: usize,
+        dispatches: &mut Vec<Dispatch>,
+    ) -> Result<(Vec<LayerBuffers>, View)> {
+        let mut bufs = Vec::new();
+        let mut input = input.clone();
+        for layer in layers {
+            let len = (rows * layer.fan_out) as u64;
+            let buf = LayerBuffers {
+                pre: self.gpu.zeros(&format!("{}.pre", layer.name), len)?,
+                out: self.gpu.zeros(&format!("{}.out", layer.name), len)?,
+            };
+            dispatches.push(self.dense(layer, &input, &buf.out, rows, Some(&buf.pre))?);
+            input = buf.out.clone();
+            bufs.push(buf);
+        }
+        Ok((bufs, input))
+    }
 }
 
 /// Records the encoder of `cfg` on `x` ([rows, D]).
@@ -160,30 +167,18 @@ pub(crate) fn encode(
     rows: usize,
 ) -> Result<Encoded> {
     let layers = cfg.layers();
-    let l = cfg.latent;
-    let mut dispatches = Vec::new();
-    let (enc, top) = stack(
+    let mut net = Net {
         gpu,
         mm,
         layout,
         params,
-        &layers.encoder,
-        x,
-        rows,
-        &mut dispatches,
-    )?;
-    let mu = gpu.zeros("mu", (rows * l) as u64)?;
-    let logvar = gpu.zeros("logvar", (rows * l) as u64)?;
+    };
+    let mut dispatches = Vec::new();
+    let (enc, top) = net.stack(&layers.encoder, x, rows, &mut dispatches)?;
+    let head_len = (rows * cfg.latent) as u64;
+    let (mu, logvar) = (gpu.zeros("mu", head_len)?, gpu.zeros("logvar", head_len)?);
     for (head, out) in [(&layers.mu, &mu), (&layers.logvar, &logvar)] {
-        dispatches.push(mm.bind(
-            linear(),
-            (rows, l, head.fan_in),
-            &top,
-            &tensor(params, layout, &head.weight()),
-            out,
-            Some(&tensor(params, layout, &head.bias())),
-            None,
-        )?);
+        dispatches.push(net.dense(head, &top, out, rows, None)?);
     }
     Ok(Encoded {
         enc,
@@ -204,28 +199,16 @@ pub(crate) fn decode(
     rows: usize,
 ) -> Result<Decoded> {
     let layers = cfg.layers();
-    let mut dispatches = Vec::new();
-    let (dec, last) = stack(
+    let mut net = Net {
         gpu,
         mm,
         layout,
         params,
-        &layers.decoder,
-        z,
-        rows,
-        &mut dispatches,
-    )?;
+    };
+    let mut dispatches = Vec::new();
+    let (dec, last) = net.stack(&layers.decoder, z, rows, &mut dispatches)?;
     let out = gpu.zeros("dec", (rows * cfg.input) as u64)?;
-    let o = &layers.out;
-    dispatches.push(mm.bind(
-        linear(),
-        (rows, cfg.input, o.fan_in),
-        &last,
-        &tensor(params, layout, &o.weight()),
-        &out,
-        Some(&tensor(params, layout, &o.bias())),
-        None,
-    )?);
+    dispatches.push(net.dense(&layers.out, &last, &out, rows, None)?);
     Ok(Decoded {
         dec,
         out,
