@@ -7,7 +7,6 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::DeviceArgs;
-use crate::data::load_sources;
 use crate::eval::{IwaeGraph, IwaeOptions, LatentStats};
 use crate::gpu::Gpu;
 use crate::train::checkpoint::{self, Checkpoint};
@@ -49,31 +48,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     }
     let ckpt = Checkpoint::load(&args.run.join(checkpoint::FILE))?;
     let s: &TrainSettings = &ckpt.settings;
-    let (name, mut set) = match &args.data {
-        Some(spec) => {
-            let src = load_sources(spec, None)?;
-            (spec.clone(), src.test.unwrap_or(src.train))
-        }
-        None => {
-            let src = load_sources(&s.data, s.test_data.as_deref())?;
-            let spec = s
-                .test_data
-                .clone()
-                .unwrap_or(format!("{} (test split)", s.data));
-            let test = src
-                .test
-                .with_context(|| format!("`{}` has no test split: pass --data", s.data))?;
-            (spec, test)
-        }
-    };
-    if set.dim() != s.model.input {
-        bail!(
-            "{name}: items have {} pixels, the model ({}) expects {}",
-            set.dim(),
-            checkpoint::describe(s),
-            s.model.input
-        );
-    }
+    let (name, mut set) = super::run_data(args.data.as_deref(), s, true)?;
     if let Some(n) = args.limit {
         set = set.select(&(0..n.min(set.len)).collect::<Vec<_>>());
     }

@@ -8,7 +8,12 @@ mod train;
 
 use clap::{Args, Parser, Subcommand};
 
+use anyhow::bail;
+
+use crate::data::{Dataset, load_sources};
 use crate::gpu::{AdapterRequest, BackendChoice};
+use crate::train::TrainSettings;
+use crate::train::checkpoint::describe;
 
 #[derive(Parser)]
 #[command(
@@ -88,4 +93,41 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Plot(args) => pictures::plot(&args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&args).map(|()| std::process::ExitCode::SUCCESS),
     }
+}
+
+/// The data a trained run is evaluated or drawn on, with a name for messages: `spec` (its test
+/// split, or all of it), else the run's own test data, else (unless `need_test`) its training
+/// data. Refused if its items are not the size the model takes.
+pub(crate) fn run_data(
+    spec: Option<&str>,
+    s: &TrainSettings,
+    need_test: bool,
+) -> anyhow::Result<(String, Dataset)> {
+    let (name, set) = match spec {
+        Some(spec) => {
+            let src = load_sources(spec, None)?;
+            (spec.to_string(), src.test.unwrap_or(src.train))
+        }
+        None => {
+            let src = load_sources(&s.data, s.test_data.as_deref())?;
+            let name = s
+                .test_data
+                .clone()
+                .unwrap_or(format!("{} (test split)", s.data));
+            match src.test {
+                Some(test) => (name, test),
+                None if need_test => bail!("`{}` has no test split: pass --data", s.data),
+                None => (s.data.clone(), src.train),
+            }
+        }
+    };
+    if set.dim() != s.model.input {
+        bail!(
+            "{name}: items have {} pixels, the model ({}) expects {}",
+            set.dim(),
+            describe(s),
+            s.model.input
+        );
+    }
+    Ok((name, set))
 }

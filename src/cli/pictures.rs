@@ -9,7 +9,7 @@ use clap::Args;
 use super::DeviceArgs;
 use crate::cpu::philox::StreamPos;
 use crate::cpu::sample::normals;
-use crate::data::{Dataset, load_sources};
+use crate::data::Dataset;
 use crate::eval::pictures::{Codec, slerp, square_side, write_grid};
 use crate::eval::plots::{Curve, Panel, first_two_components, line_panels, scatter};
 use crate::gpu::Gpu;
@@ -101,24 +101,7 @@ fn load(args: &PictureArgs) -> anyhow::Result<Loaded> {
             s.model.input
         );
     };
-    let set = match &args.data {
-        Some(spec) => {
-            let src = load_sources(spec, None)?;
-            src.test.unwrap_or(src.train)
-        }
-        None => {
-            let src = load_sources(&s.data, s.test_data.as_deref())?;
-            src.test.unwrap_or(src.train)
-        }
-    };
-    if set.dim() != s.model.input {
-        bail!(
-            "the data's items have {} pixels, the model ({}) expects {}",
-            set.dim(),
-            checkpoint::describe(s),
-            s.model.input
-        );
-    }
+    let (_, set) = super::run_data(args.data.as_deref(), s, false)?;
     let gpu = Gpu::new(&args.device.request())?;
     let data = DeviceData::upload(&gpu, "picture pixels", &set)?;
     let params = gpu.upload("params", &ckpt.params)?;

@@ -214,7 +214,7 @@ impl LatentStats {
         for (i, (&m, &v)) in mu.iter().zip(logvar).enumerate() {
             let (m, v) = (m as f64, v as f64);
             let dim = i % latent;
-            kl[dim] += 0.5 * (m * m + v.exp() - 1.0 - v);
+            kl[dim] += crate::cpu::elbo::kl_term(m, v);
             sum[dim] += m;
             sumsq[dim] += m * m;
         }

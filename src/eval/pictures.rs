@@ -90,7 +90,7 @@ impl Codec {
             .into_iter()
             .map(|v| {
                 if bernoulli {
-                    1.0 / (1.0 + (-v).exp())
+                    crate::cpu::activation::sigmoid(v as f64) as f32
                 } else {
                     v.clamp(0.0, 1.0)
                 }
