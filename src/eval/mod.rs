@@ -14,7 +14,7 @@ use crate::kernels::iwae::{
 use crate::kernels::sample::Sampler;
 use crate::model::{DEC_LOGVAR, ParamLayout, VaeConfig};
 use crate::train::DeviceData;
-use crate::train::forward::{Forward, Matmuls, tensor};
+use crate::train::forward::{Forward, Matmuls, Net, tensor};
 
 /// What one evaluation pass needs: `batch` examples at a time, `chunk` samples per submit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,9 +78,14 @@ impl IwaeGraph {
         let sampler = Sampler::new(gpu, opts.seed)?;
         let mut mm = Matmuls::new(gpu);
         let x = x_rep.slice(0, (b * d) as u64);
-        let fwd = Forward::build(
-            gpu, &mut mm, cfg, &layout, params, &x, b, opts.chunk, &sampler,
-        )?;
+        let mut net = Net {
+            gpu,
+            mm: &mut mm,
+            cfg,
+            layout: &layout,
+            params,
+        };
+        let fwd = Forward::build(&mut net, &x, b, opts.chunk, &sampler)?;
         // The ELBO rows give each draw's −log p(x|z). Its KL terms and gradients are not used
         // here: z and ε stand in for the per-row μ and logσ² it expects.
         let learned = cfg.likelihood.learns_variance();

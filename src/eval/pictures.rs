@@ -8,7 +8,7 @@ use crate::kernels::batch::{BatchKernel, Gather};
 use crate::kernels::elbo::Likelihood;
 use crate::model::{ParamLayout, VaeConfig};
 use crate::train::DeviceData;
-use crate::train::forward::{Matmuls, decode, encode};
+use crate::train::forward::{Matmuls, Net};
 
 /// Encoder and decoder for up to `rows` items at a time, on a model's parameters.
 pub struct Codec {
@@ -44,9 +44,16 @@ impl Codec {
             &perm,
             &x,
         )?;
-        let e = encode(gpu, &mut mm, cfg, &layout, params, &x, rows)?;
+        let mut net = Net {
+            gpu,
+            mm: &mut mm,
+            cfg,
+            layout: &layout,
+            params,
+        };
+        let e = net.encode(&x, rows)?;
         let z = gpu.zeros("pictures.z", (rows * cfg.latent) as u64)?;
-        let d = decode(gpu, &mut mm, cfg, &layout, params, &z, rows)?;
+        let d = net.decode(&z, rows)?;
         Ok(Self {
             rows,
             cfg: cfg.clone(),

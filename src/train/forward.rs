@@ -92,12 +92,14 @@ pub struct Forward {
     pub dispatches: Vec<Dispatch>,
 }
 
-/// The model's parameters and the compiled matmuls: what every dense layer is recorded with.
-struct Net<'a, 'g> {
-    gpu: &'a Gpu,
-    mm: &'a mut Matmuls<'g>,
-    layout: &'a ParamLayout,
-    params: &'a View,
+/// A model on the device: its configuration, its parameters and the compiled matmuls that
+/// record its layers.
+pub(crate) struct Net<'a, 'g> {
+    pub gpu: &'a Gpu,
+    pub mm: &'a mut Matmuls<'g>,
+    pub cfg: &'a VaeConfig,
+    pub layout: &'a ParamLayout,
+    pub params: &'a View,
 }
 
 impl Net<'_, '_> {
@@ -156,84 +158,57 @@ impl Net<'_, '_> {
     }
 }
 
-/// Records the encoder of `cfg` on `x` ([rows, D]).
-pub(crate) fn encode(
-    gpu: &Gpu,
-    mm: &mut Matmuls,
-    cfg: &VaeConfig,
-    layout: &ParamLayout,
-    params: &View,
-    x: &View,
-    rows: usize,
-) -> Result<Encoded> {
-    let layers = cfg.layers();
-    let mut net = Net {
-        gpu,
-        mm,
-        layout,
-        params,
-    };
-    let mut dispatches = Vec::new();
-    let (enc, top) = net.stack(&layers.encoder, x, rows, &mut dispatches)?;
-    let head_len = (rows * cfg.latent) as u64;
-    let (mu, logvar) = (gpu.zeros("mu", head_len)?, gpu.zeros("logvar", head_len)?);
-    for (head, out) in [(&layers.mu, &mu), (&layers.logvar, &logvar)] {
-        dispatches.push(net.dense(head, &top, out, rows, None)?);
+impl Net<'_, '_> {
+    /// Records the encoder on `x` ([rows, D]).
+    pub(crate) fn encode(&mut self, x: &View, rows: usize) -> Result<Encoded> {
+        let layers = self.cfg.layers();
+        let mut dispatches = Vec::new();
+        let (enc, top) = self.stack(&layers.encoder, x, rows, &mut dispatches)?;
+        let head_len = (rows * self.cfg.latent) as u64;
+        let (mu, logvar) = (
+            self.gpu.zeros("mu", head_len)?,
+            self.gpu.zeros("logvar", head_len)?,
+        );
+        for (head, out) in [(&layers.mu, &mu), (&layers.logvar, &logvar)] {
+            dispatches.push(self.dense(head, &top, out, rows, None)?);
+        }
+        Ok(Encoded {
+            enc,
+            mu,
+            logvar,
+            dispatches,
+        })
     }
-    Ok(Encoded {
-        enc,
-        mu,
-        logvar,
-        dispatches,
-    })
-}
 
-/// Records the decoder of `cfg` on `z` ([rows, L]).
-pub(crate) fn decode(
-    gpu: &Gpu,
-    mm: &mut Matmuls,
-    cfg: &VaeConfig,
-    layout: &ParamLayout,
-    params: &View,
-    z: &View,
-    rows: usize,
-) -> Result<Decoded> {
-    let layers = cfg.layers();
-    let mut net = Net {
-        gpu,
-        mm,
-        layout,
-        params,
-    };
-    let mut dispatches = Vec::new();
-    let (dec, last) = net.stack(&layers.decoder, z, rows, &mut dispatches)?;
-    let out = gpu.zeros("dec", (rows * cfg.input) as u64)?;
-    dispatches.push(net.dense(&layers.out, &last, &out, rows, None)?);
-    Ok(Decoded {
-        dec,
-        out,
-        dispatches,
-    })
+    /// Records the decoder on `z` ([rows, L]).
+    pub(crate) fn decode(&mut self, z: &View, rows: usize) -> Result<Decoded> {
+        let layers = self.cfg.layers();
+        let mut dispatches = Vec::new();
+        let (dec, last) = self.stack(&layers.decoder, z, rows, &mut dispatches)?;
+        let out = self.gpu.zeros("dec", (rows * self.cfg.input) as u64)?;
+        dispatches.push(self.dense(&layers.out, &last, &out, rows, None)?);
+        Ok(Decoded {
+            dec,
+            out,
+            dispatches,
+        })
+    }
 }
 
 impl Forward {
-    /// Records the forward pass of `cfg` on `x` ([rows, D]) with the parameters in `params`,
-    /// drawing ε from `sampler`'s stream 0.
-    #[allow(clippy::too_many_arguments)]
+    /// Records the forward pass of `net` on `x` ([rows, D]), `samples` draws per row from
+    /// `sampler`'s stream 0.
     pub(crate) fn build(
-        gpu: &Gpu,
-        mm: &mut Matmuls,
-        cfg: &VaeConfig,
-        layout: &ParamLayout,
-        params: &View,
+        net: &mut Net,
         x: &View,
         rows: usize,
         samples: u32,
         sampler: &Sampler,
     ) -> Result<Self> {
-        let l = cfg.latent;
+        let gpu = net.gpu;
+        let l = net.cfg.latent;
         let drawn = rows * samples as usize;
-        let e = encode(gpu, mm, cfg, layout, params, x, rows)?;
+        let e = net.encode(x, rows)?;
         let mut dispatches = e.dispatches;
         let z = gpu.zeros("z", (drawn * l) as u64)?;
         let eps = gpu.zeros("eps", (drawn * l) as u64)?;
@@ -243,7 +218,7 @@ impl Forward {
             samples,
         };
         dispatches.push(sampler.forward(gpu, shape, 0, &e.mu, &e.logvar, &z, &eps)?);
-        let d = decode(gpu, mm, cfg, layout, params, &z, drawn)?;
+        let d = net.decode(&z, drawn)?;
         dispatches.extend(d.dispatches);
         Ok(Self {
             enc: e.enc,

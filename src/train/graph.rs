@@ -15,7 +15,7 @@ use crate::kernels::reduce::{ReduceKernels, SumOf};
 use crate::kernels::sample::{SampleShape, Sampler};
 use crate::model::{DEC_LOGVAR, Dense, ParamLayout, VaeConfig};
 
-use super::forward::{Forward, Matmuls, tensor};
+use super::forward::{Forward, Matmuls, Net, tensor};
 
 /// What a graph is built for: the batch size, the optimizer, the seed of its random streams, and
 /// whether the gather binarizes (with its own seed).
@@ -212,7 +212,14 @@ impl TrainGraph {
         let sampler = Sampler::new(gpu, seed)?;
         let reduce = ReduceKernels::new(gpu)?;
         let mut mm = Matmuls::new(gpu);
-        let fwd = Forward::build(gpu, &mut mm, cfg, &layout, &params, &x, b, 1, &sampler)?;
+        let mut net = Net {
+            gpu,
+            mm: &mut mm,
+            cfg,
+            layout: &layout,
+            params: &params,
+        };
+        let fwd = Forward::build(&mut net, &x, b, 1, &sampler)?;
         let Forward {
             enc,
             mu,
