@@ -5,8 +5,10 @@
 //! run also passes `--adapter` with a name no adapter has, and were the device opened first the
 //! error would be about that adapter instead of the data.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::files::{f32s, gz, idx, npy, write};
+use std::path::Path;
 use std::process::Command;
 
 const NO_SUCH_ADAPTER: &str = "no-such-adapter-for-bad-data-tests";
@@ -62,46 +64,6 @@ fn assert_refused(
         "{what}: the device was opened before the data were checked:\n{stderr}"
     );
     stderr
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
-
-fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut v = vec![0, 0, 8, dims.len() as u8];
-    for d in dims {
-        v.extend_from_slice(&d.to_be_bytes());
-    }
-    v.extend_from_slice(data);
-    v
-}
-
-fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
-    let fortran = if fortran { "True" } else { "False" };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut v = b"\x93NUMPY\x01\x00".to_vec();
-    v.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    v.extend_from_slice(header.as_bytes());
-    v.extend_from_slice(data);
-    v
-}
-
-fn f32s(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 /// (file name, contents, the problem the error must state), one per kind of bad file. The

@@ -1,38 +1,11 @@
 //! The data loaders: the shipped subset, and every kind of bad file getting a clear error that
 //! names the file and the problem.
 
-use std::io::Write;
-use std::path::PathBuf;
+mod common;
+
+use common::files::{gz, idx, npy, write};
 
 use vae_wgpu::data::{self, Pixels};
-
-fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
-    let path = dir.path().join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
-
-fn idx_images(n: u32, rows: u32, cols: u32, data: &[u8]) -> Vec<u8> {
-    let mut v = vec![0, 0, 8, 3];
-    for d in [n, rows, cols] {
-        v.extend_from_slice(&d.to_be_bytes());
-    }
-    v.extend_from_slice(data);
-    v
-}
-
-fn idx_labels(labels: &[u8]) -> Vec<u8> {
-    let mut v = vec![0, 0, 8, 1];
-    v.extend_from_slice(&(labels.len() as u32).to_be_bytes());
-    v.extend_from_slice(labels);
-    v
-}
 
 /// Asserts the error names the file and contains `needle`.
 fn assert_error<T: std::fmt::Debug>(r: data::Result<T>, path: &std::path::Path, needle: &str) {
@@ -79,11 +52,11 @@ fn idx_round_trip_raw_and_gz() {
     let dir = tempfile::tempdir().unwrap();
     let pixels: Vec<u8> = (0..2 * 3 * 5).map(|i| i as u8 * 7).collect();
     for (name, bytes) in [
-        ("a-idx3-ubyte", idx_images(2, 3, 5, &pixels)),
-        ("b-idx3-ubyte.gz", gz(&idx_images(2, 3, 5, &pixels))),
+        ("a-idx3-ubyte", idx(&[2, 3, 5], &pixels)),
+        ("b-idx3-ubyte.gz", gz(&idx(&[2, 3, 5], &pixels))),
     ] {
-        let images = write(&dir, name, &bytes);
-        let labels = write(&dir, &format!("{name}.labels"), &idx_labels(&[4, 9]));
+        let images = write(dir.path(), name, &bytes);
+        let labels = write(dir.path(), &format!("{name}.labels"), &idx(&[2], &[4, 9]));
         let set = data::load_idx_pair(&images, &labels).unwrap();
         assert_eq!(set.pixels, Pixels::U8(pixels.clone()));
         assert_eq!(set.labels, Some(vec![4, 9]));
@@ -94,7 +67,7 @@ fn idx_round_trip_raw_and_gz() {
 #[test]
 fn bad_idx_files_are_rejected_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let good = idx_images(2, 2, 2, &[1; 8]);
+    let good = idx(&[2, 2, 2], &[1; 8]);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "magic",
@@ -115,7 +88,7 @@ fn bad_idx_files_are_rejected_clearly() {
         // A header claiming 4 billion images must be refused without allocating for them.
         (
             "absurd",
-            idx_images(u32::MAX, 28, 28, &[0; 10]),
+            idx(&[u32::MAX, 28, 28], &[0; 10]),
             "the file holds only 10",
         ),
         (
@@ -128,7 +101,7 @@ fn bad_idx_files_are_rejected_clearly() {
             vec![0, 0, 0x0d, 1, 0, 0, 0, 1, 0, 0, 0, 0],
             "unsupported IDX element type 0x0d",
         ),
-        ("empty", idx_images(0, 28, 28, &[]), "empty dataset"),
+        ("empty", idx(&[0, 28, 28], &[]), "empty dataset"),
         (
             "gzip",
             [gz(&good)[..20].to_vec(), vec![0xff; 8]].concat(),
@@ -136,11 +109,11 @@ fn bad_idx_files_are_rejected_clearly() {
         ),
     ];
     for (name, bytes, needle) in cases {
-        let path = write(&dir, name, &bytes);
+        let path = write(dir.path(), name, &bytes);
         assert_error(data::load_idx(&path), &path, needle);
     }
-    let images = write(&dir, "img", &good);
-    let labels = write(&dir, "lab", &idx_labels(&[1, 2, 3]));
+    let images = write(dir.path(), "img", &good);
+    let labels = write(dir.path(), "lab", &idx(&[3], &[1, 2, 3]));
     assert_error(
         data::load_idx_pair(&images, &labels),
         &labels,
@@ -154,7 +127,7 @@ fn bad_idx_files_are_rejected_clearly() {
 fn csv_loads_bytes_floats_and_header() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(
-        &dir,
+        dir.path(),
         "a.csv",
         b"p0,p1,p2,p3,label\n0,255,3,4,7\n1,2,3,4,1\n",
     );
@@ -164,7 +137,7 @@ fn csv_loads_bytes_floats_and_header() {
         (set.labels, set.len, set.item_shape),
         (Some(vec![7, 1]), 2, vec![2, 2])
     );
-    let path = write(&dir, "b.csv.gz", &gz(b"0.5,0.25,1\n0,1,0\n"));
+    let path = write(dir.path(), "b.csv.gz", &gz(b"0.5,0.25,1\n0,1,0\n"));
     let set = data::load_csv(&path, false).unwrap();
     assert_eq!(set.pixels, Pixels::F32(vec![0.5, 0.25, 1.0, 0.0, 1.0, 0.0]));
 }
@@ -189,33 +162,20 @@ fn bad_csv_files_are_rejected_clearly() {
         ("empty.csv", b"\n\n", "empty dataset"),
     ];
     for (name, bytes, needle) in cases {
-        let path = write(&dir, name, bytes);
+        let path = write(dir.path(), name, bytes);
         assert_error(data::load_csv(&path, false), &path, needle);
     }
-    let path = write(&dir, "label.csv", b"1,2,3,4.5\n");
+    let path = write(dir.path(), "label.csv", b"1,2,3,4.5\n");
     assert_error(data::load_csv(&path, true), &path, "label `4.5`");
-}
-
-fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut v = b"\x93NUMPY\x01\x00".to_vec();
-    v.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    v.extend_from_slice(header.as_bytes());
-    v.extend_from_slice(data);
-    v
 }
 
 #[test]
 fn npy_loads_u8_and_f32() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(
-        &dir,
+        dir.path(),
         "a.npy",
-        &npy("|u1", "(2, 2, 2)", &[0, 1, 2, 3, 4, 5, 6, 255]),
+        &npy("|u1", false, "(2, 2, 2)", &[0, 1, 2, 3, 4, 5, 6, 255]),
     );
     let set = data::load_npy(&path).unwrap();
     assert_eq!((set.len, set.item_shape), (2, vec![2, 2]));
@@ -223,7 +183,7 @@ fn npy_loads_u8_and_f32() {
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect();
-    let path = write(&dir, "b.npy", &npy("<f4", "(1, 3)", &f));
+    let path = write(dir.path(), "b.npy", &npy("<f4", false, "(1, 3)", &f));
     assert_eq!(
         data::load_npy(&path).unwrap().pixels,
         Pixels::F32(vec![0.0, 0.5, 1.0])
@@ -245,24 +205,32 @@ fn bad_npy_files_are_rejected_clearly() {
         ),
         (
             "dtype.npy",
-            npy("<f8", "(1, 2)", &[0; 16]),
+            npy("<f8", false, "(1, 2)", &[0; 16]),
             "unsupported dtype `<f8`",
         ),
         (
             "short.npy",
-            npy("|u1", "(2, 4)", &[0; 7]),
+            npy("|u1", false, "(2, 4)", &[0; 7]),
             "needs 8 bytes of data, the file holds only 7",
         ),
         (
             "rank.npy",
-            npy("|u1", "(4,)", &[0; 4]),
+            npy("|u1", false, "(4,)", &[0; 4]),
             "at least 2 dimensions",
         ),
-        ("nan.npy", npy("<f4", "(1, 2)", &nan), "is not finite"),
-        ("empty.npy", npy("|u1", "(0, 4)", &[]), "empty dataset"),
+        (
+            "nan.npy",
+            npy("<f4", false, "(1, 2)", &nan),
+            "is not finite",
+        ),
+        (
+            "empty.npy",
+            npy("|u1", false, "(0, 4)", &[]),
+            "empty dataset",
+        ),
     ];
     for (name, bytes, needle) in cases {
-        let path = write(&dir, name, &bytes);
+        let path = write(dir.path(), name, &bytes);
         assert_error(data::load_npy(&path), &path, needle);
     }
 }
@@ -303,48 +271,44 @@ fn hostile_headers_are_refused_before_reading_or_allocating() {
     }
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("overflow", overflow, "more than 2^64 bytes of data"),
-        (
-            "zero-pixels",
-            idx_images(3, 0, 28, &[]),
-            "0 pixels per item",
-        ),
+        ("zero-pixels", idx(&[3, 0, 28], &[]), "0 pixels per item"),
         (
             "labels-as-images",
-            idx_labels(&[1, 2]),
+            idx(&[2], &[1, 2]),
             "expected images (items × rows × cols), found shape [2]",
         ),
         ("ndim", vec![0, 0, 8, 9, 0, 0, 0, 1], "claims 9 dimensions"),
         // A gzip bomb behind a small header: reading stops one byte past the 10 bytes claimed.
         (
             "bomb.gz",
-            gz(&idx_images(10, 1, 1, &vec![0; 64 << 20])),
+            gz(&idx(&[10, 1, 1], &vec![0; 64 << 20])),
             "header claims [10, 1, 1] = 10 bytes of data, but the file holds more than 10",
         ),
         (
             "short.gz",
-            gz(&idx_images(10, 1, 1, &[0; 4])),
+            gz(&idx(&[10, 1, 1], &[0; 4])),
             "but the file holds only 4",
         ),
         (
             "no-trailer.gz",
             {
-                let g = gz(&idx_images(2, 2, 2, &[1; 8]));
+                let g = gz(&idx(&[2, 2, 2], &[1; 8]));
                 g[..g.len() - 4].to_vec()
             },
             "corrupt gzip data",
         ),
         (
             "trailing-junk.gz",
-            [gz(&idx_images(2, 2, 2, &[1; 8])), b"junk".to_vec()].concat(),
+            [gz(&idx(&[2, 2, 2], &[1; 8])), b"junk".to_vec()].concat(),
             "corrupt gzip data",
         ),
     ];
     for (name, bytes, needle) in cases {
-        let path = write(&dir, name, &bytes);
+        let path = write(dir.path(), name, &bytes);
         assert_error(data::load_idx(&path), &path, needle);
     }
-    let images = write(&dir, "img", &idx_images(2, 2, 2, &[1; 8]));
-    let labels = write(&dir, "lab", &idx_images(2, 2, 2, &[1; 8]));
+    let images = write(dir.path(), "img", &idx(&[2, 2, 2], &[1; 8]));
+    let labels = write(dir.path(), "lab", &idx(&[2, 2, 2], &[1; 8]));
     assert_error(
         data::load_idx_pair(&images, &labels),
         &labels,
@@ -356,7 +320,7 @@ fn hostile_headers_are_refused_before_reading_or_allocating() {
 fn csv_header_bom_and_label_column_edge_cases() {
     let dir = tempfile::tempdir().unwrap();
     // A byte-order mark does not turn the first data row into a "header".
-    let path = write(&dir, "bom.csv", b"\xef\xbb\xbf0,255,7\n1,2,3\n");
+    let path = write(dir.path(), "bom.csv", b"\xef\xbb\xbf0,255,7\n1,2,3\n");
     let set = data::load_csv(&path, true).unwrap();
     assert_eq!((set.len, set.labels), (2, Some(vec![7, 3])));
     let cases: Vec<(&str, &[u8], bool, &str)> = vec![
@@ -394,7 +358,7 @@ fn csv_header_bom_and_label_column_edge_cases() {
         ),
     ];
     for (name, bytes, label, needle) in cases {
-        let path = write(&dir, name, bytes);
+        let path = write(dir.path(), name, bytes);
         assert_error(data::load_csv(&path, label), &path, needle);
     }
 }
@@ -402,7 +366,7 @@ fn csv_header_bom_and_label_column_edge_cases() {
 #[test]
 fn npy_header_edge_cases() {
     let dir = tempfile::tempdir().unwrap();
-    let mut fortran = npy("|u1", "(1, 2)", &[0, 1]);
+    let mut fortran = npy("|u1", false, "(1, 2)", &[0, 1]);
     let at = fortran.windows(5).position(|w| w == b"False").unwrap();
     fortran[at..at + 5].copy_from_slice(b"True ");
     let mut v2_cut = b"\x93NUMPY\x02\x00\x10".to_vec();
@@ -430,37 +394,37 @@ fn npy_header_edge_cases() {
         ),
         (
             "overflow.npy",
-            npy("|u1", "(4294967296, 4294967296, 4294967296)", &[]),
+            npy("|u1", false, "(4294967296, 4294967296, 4294967296)", &[]),
             "needs more than 2^64 bytes of data",
         ),
         (
             "negative.npy",
-            npy("|u1", "(-1, 2)", &[]),
+            npy("|u1", false, "(-1, 2)", &[]),
             "malformed shape (-1, 2)",
         ),
         (
             "zero-pixels.npy",
-            npy("|u1", "(3, 0)", &[]),
+            npy("|u1", false, "(3, 0)", &[]),
             "0 pixels per item",
         ),
         (
             "range.npy",
-            npy("<f4", "(1, 2)", &big),
+            npy("<f4", false, "(1, 2)", &big),
             "item 0, pixel 1: value 1.5 is outside [0, 1]",
         ),
         (
             "big-endian.npy",
-            npy(">f4", "(1, 2)", &big),
+            npy(">f4", false, "(1, 2)", &big),
             "unsupported dtype `>f4`",
         ),
         (
             "gz-long.npy.gz",
-            gz(&npy("|u1", "(1, 2)", &[0, 1, 2])),
+            gz(&npy("|u1", false, "(1, 2)", &[0, 1, 2])),
             "needs 2 bytes of data, the file holds more than 2",
         ),
     ];
     for (name, bytes, needle) in cases {
-        let path = write(&dir, name, &bytes);
+        let path = write(dir.path(), name, &bytes);
         assert_error(data::load_npy(&path), &path, needle);
     }
 }
@@ -468,9 +432,17 @@ fn npy_header_edge_cases() {
 #[test]
 fn test_data_must_match_the_training_items() {
     let dir = tempfile::tempdir().unwrap();
-    let train = write(&dir, "train.npy", &npy("|u1", "(2, 4)", &[0; 8]));
-    let test = write(&dir, "test.npy", &npy("|u1", "(2, 3)", &[0; 6]));
-    let same = write(&dir, "same.csv", b"1,2,3,4,0\n5,6,7,8,1\n");
+    let train = write(
+        dir.path(),
+        "train.npy",
+        &npy("|u1", false, "(2, 4)", &[0; 8]),
+    );
+    let test = write(
+        dir.path(),
+        "test.npy",
+        &npy("|u1", false, "(2, 3)", &[0; 6]),
+    );
+    let same = write(dir.path(), "same.csv", b"1,2,3,4,0\n5,6,7,8,1\n");
     let err = data::load_sources(train.to_str().unwrap(), test.to_str())
         .expect_err("3-pixel test items for 4-pixel training items");
     assert_eq!(err.path, test);

@@ -9,7 +9,9 @@
 //! Each strategy runs `CASES` cases (override with `VAE_FUZZ_CASES=N`) from a fixed seed (or
 //! `PROPTEST_RNG_SEED`); each test prints how many inputs it tried (`-- --nocapture` to see).
 
-use std::io::Write;
+mod common;
+
+use common::files::{gz, idx};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -178,12 +180,6 @@ impl std::ops::Deref for Bytes {
     fn deref(&self) -> &[u8] {
         &self.0
     }
-}
-
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
 }
 
 // ---- structured mutations -----------------------------------------------------------------
@@ -383,15 +379,6 @@ fn fuzz_file_parser<V: std::fmt::Debug + Clone + 'static>(
 }
 
 // ---- valid files --------------------------------------------------------------------------
-
-fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut v = vec![0, 0, 8, dims.len() as u8];
-    for d in dims {
-        v.extend_from_slice(&d.to_be_bytes());
-    }
-    v.extend_from_slice(data);
-    v
-}
 
 /// An IDX image file of 2 to 4 dimensions, and its (dims, pixels).
 fn valid_idx_images() -> impl Strategy<Value = (Bytes, (Vec<u32>, Vec<u8>))> + Clone {

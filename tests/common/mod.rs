@@ -1,6 +1,8 @@
 //! Shared by the GPU test files: every adapter present, and comparisons with stated tolerances.
 #![allow(dead_code)]
 
+pub mod files;
+
 use vae_wgpu::gpu::{self, BackendChoice, Gpu};
 
 /// A device on every adapter present (Vulkan lavapipe and GL llvmpipe in CI), so each test runs
