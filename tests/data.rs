@@ -455,3 +455,19 @@ fn test_data_must_match_the_training_items() {
     let src = data::load_sources(train.to_str().unwrap(), same.to_str()).unwrap();
     assert_eq!(src.test.unwrap().len, 2);
 }
+
+#[test]
+fn the_shipped_set_trains_on_all_of_it_when_a_test_set_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let test = write(
+        dir.path(),
+        "test.npy",
+        &npy("|u1", false, "(3, 784)", &[7; 3 * 784]),
+    );
+    let split = data::load_sources("mnist5k", None).unwrap();
+    assert_eq!(split.train.len, 4000);
+    assert_eq!(split.test.unwrap().len, 1000);
+    let whole = data::load_sources("mnist5k", test.to_str()).unwrap();
+    assert_eq!(whole.train.len, 5000);
+    assert_eq!(whole.test.unwrap().len, 3);
+}
