@@ -5,7 +5,7 @@ mod common;
 use common::{Lcg, U32, all_gpus, assert_close, to_f64};
 use vae_wgpu::cpu::adam::{self as cpu, AdamState};
 use vae_wgpu::cpu::reduce::sum_of_squares;
-use vae_wgpu::kernels::adam::{AdamBuffers, AdamConfig, AdamKernel};
+use vae_wgpu::kernels::adam::{AdamBuffers, AdamConfig, AdamKernel, AdamReads};
 
 const STEPS: usize = 6;
 
@@ -23,13 +23,21 @@ fn grads(rng: &mut Lcg, len: usize, step: usize) -> Vec<f32> {
 
 fn run_case(cfg: AdamConfig, len: usize) {
     for gpu in all_gpus() {
+        for reads in AdamReads::ALL {
+            run_variant(&gpu, cfg, reads, len);
+        }
+    }
+}
+
+fn run_variant(gpu: &vae_wgpu::gpu::Gpu, cfg: AdamConfig, reads: AdamReads, len: usize) {
+    {
         let mut rng = Lcg(17);
         let mut p = rng.vec(len, -0.5, 0.5);
         p[6] = 0.0;
         p[7] = 1e4;
         let mut p_ref = to_f64(&p);
         let mut state = AdamState::new(len);
-        let kernel = AdamKernel::new(&gpu, cfg).unwrap();
+        let kernel = AdamKernel::with_reads(gpu, cfg, reads).unwrap();
         let pv = gpu.upload("p", &p).unwrap();
         let gv = gpu.zeros("g", len as u64).unwrap();
         let m1 = gpu.zeros("m1", len as u64).unwrap();
@@ -41,7 +49,7 @@ fn run_case(cfg: AdamConfig, len: usize) {
             m1: &m1,
             m2: &m2,
         };
-        let step = kernel.bind(&gpu, len as u64, &bufs, Some(&sumsq)).unwrap();
+        let step = kernel.bind(gpu, len as u64, &bufs, Some(&sumsq)).unwrap();
         // Σ_t |update_t| per element: the rounding of each update is relative to its size.
         let mut moved = vec![0.0f64; len];
         // m1 sums gradients of both signs: its rounding is relative to Σ β1^k (1-β1) |g_k|.
@@ -52,7 +60,7 @@ fn run_case(cfg: AdamConfig, len: usize) {
             gpu.write(&gv, &g);
             // Clipping reads the squared norm from the device; here it is written exactly.
             gpu.write(&sumsq, &[sum_of_squares(&g64) as f32]);
-            step.prepare(&gpu, t as u64, cfg.lr);
+            step.prepare(gpu, t as u64, cfg.lr);
             gpu.run(&[&step.dispatch]).unwrap();
             let before = p_ref.clone();
             cpu::step(&cfg, &mut state, &mut p_ref, &g64);
@@ -68,7 +76,10 @@ fn run_case(cfg: AdamConfig, len: usize) {
         // including f32 bias corrections and an f32 sqrt: 16 u of the update's size per step,
         // plus 2 u of |p| per step. The clip scale is formed from an f32 norm: another 4 u.
         let got: Vec<f32> = gpu.read(&pv).unwrap();
-        let what = format!("{cfg:?} params after {STEPS} steps on {}", gpu.describe());
+        let what = format!(
+            "{cfg:?} {reads:?} params after {STEPS} steps on {}",
+            gpu.describe()
+        );
         assert_close(&what, &got, &p_ref, |i| {
             2.0 * STEPS as f64 * U32 * p_ref[i].abs() + 20.0 * U32 * moved[i] + 1e-30
         });

@@ -14,6 +14,31 @@ const SLOTS: &[Slot] = &[
     Slot::ReadWrite,
     Slot::Read,
 ];
+/// `step_textured` also reads param, grad, m1 and m2 through these.
+const TEXTURE_SLOTS: [Slot; 4] = [Slot::ReadTexture; 4];
+
+/// Where the optimizer reads its four inputs from; it always writes the storage buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AdamReads {
+    /// Straight from the storage buffers.
+    Buffers,
+    /// From `r32float` textures the buffers are copied into before the dispatch: several times
+    /// faster where per-lane storage loads are slow (software adapters).
+    Textures,
+}
+
+impl AdamReads {
+    pub const ALL: [AdamReads; 2] = [Self::Buffers, Self::Textures];
+
+    /// The variant [`AdamKernel::new`] uses.
+    pub fn auto(gpu: &Gpu) -> Self {
+        if gpu.is_software() {
+            Self::Textures
+        } else {
+            Self::Buffers
+        }
+    }
+}
 
 /// Optimizer hyperparameters, PyTorch's names and defaults.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -57,7 +82,7 @@ struct Params {
     one_minus_beta1: f32,
     one_minus_beta2: f32,
     len4: u32,
-    _pad: u32,
+    tex_shift: u32,
 }
 
 /// The flat buffers one optimizer step reads and writes, each `len` elements.
@@ -72,6 +97,7 @@ pub struct AdamBuffers<'a> {
 pub struct AdamKernel {
     kernel: Kernel,
     cfg: AdamConfig,
+    reads: AdamReads,
 }
 
 /// A bound optimizer step: the dispatch plus the uniform buffer its per-step values live in.
@@ -79,19 +105,33 @@ pub struct AdamStep {
     pub dispatch: Dispatch,
     params: wgpu::Buffer,
     len4: u32,
+    tex_shift: u32,
     cfg: AdamConfig,
 }
 
 impl AdamKernel {
     pub fn new(gpu: &Gpu, cfg: AdamConfig) -> Result<Self> {
+        Self::with_reads(gpu, cfg, AdamReads::auto(gpu))
+    }
+
+    pub fn with_reads(gpu: &Gpu, cfg: AdamConfig, reads: AdamReads) -> Result<Self> {
+        let name = if cfg.decoupled { "adamw" } else { "adam" };
+        let (label, entry, slots) = match reads {
+            AdamReads::Buffers => (name.to_string(), "step", SLOTS.to_vec()),
+            AdamReads::Textures => (
+                format!("{name}.textured"),
+                "step_textured",
+                [SLOTS, &TEXTURE_SLOTS].concat(),
+            ),
+        };
         let kernel = gpu.kernel(
-            if cfg.decoupled { "adamw" } else { "adam" },
+            &label,
             &compose("adam.wgsl"),
-            "step",
-            SLOTS,
+            entry,
+            &slots,
             &[("DECOUPLED", cfg.decoupled as u8 as f64)],
         )?;
-        Ok(Self { kernel, cfg })
+        Ok(Self { kernel, cfg, reads })
     }
 
     /// Binds the flat buffers (`len` elements each, `len` a multiple of 4). `grad_sumsq` holds the
@@ -125,24 +165,36 @@ impl AdamKernel {
             });
         }
         let len4 = (len / 4) as u32;
-        let params = gpu.uniform(label, &step_params(&self.cfg, 1, len4));
+        let copies = match self.reads {
+            AdamReads::Buffers => Vec::new(),
+            AdamReads::Textures => [bufs.param, bufs.grad, bufs.m1, bufs.m2]
+                .iter()
+                .map(|v| gpu.texel_copy(label, v))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let tex_shift = copies.first().map_or(0, |c| c.shift());
+        let params = gpu.uniform(label, &step_params(&self.cfg, 1, len4, tex_shift));
         let sumsq = grad_sumsq.map_or(Binding::Unused, Binding::Storage);
-        let dispatch = gpu.dispatch(
-            &self.kernel,
-            &[
-                Binding::Uniform(&params),
-                Binding::Storage(bufs.param),
-                Binding::Storage(bufs.grad),
-                Binding::Storage(bufs.m1),
-                Binding::Storage(bufs.m2),
-                sumsq,
-            ],
-            gpu.grid_1d(len4.div_ceil(WG)),
-        )?;
+        let views: Vec<wgpu::TextureView> = copies
+            .iter()
+            .map(|c| c.texture.create_view(&Default::default()))
+            .collect();
+        let mut bindings = vec![
+            Binding::Uniform(&params),
+            Binding::Storage(bufs.param),
+            Binding::Storage(bufs.grad),
+            Binding::Storage(bufs.m1),
+            Binding::Storage(bufs.m2),
+            sumsq,
+        ];
+        bindings.extend(views.iter().map(Binding::Texture));
+        let mut dispatch = gpu.dispatch(&self.kernel, &bindings, gpu.grid_1d(len4.div_ceil(WG)))?;
+        dispatch.copies = copies;
         Ok(AdamStep {
             dispatch,
             params,
             len4,
+            tex_shift,
             cfg: self.cfg,
         })
     }
@@ -155,12 +207,12 @@ impl AdamStep {
         gpu.queue.write_buffer(
             &self.params,
             0,
-            bytemuck::bytes_of(&step_params(&cfg, t, self.len4)),
+            bytemuck::bytes_of(&step_params(&cfg, t, self.len4, self.tex_shift)),
         );
     }
 }
 
-fn step_params(cfg: &AdamConfig, t: u64, len4: u32) -> Params {
+fn step_params(cfg: &AdamConfig, t: u64, len4: u32, tex_shift: u32) -> Params {
     let t = t.max(1) as i32;
     Params {
         lr: cfg.lr as f32,
@@ -174,6 +226,6 @@ fn step_params(cfg: &AdamConfig, t: u64, len4: u32) -> Params {
         one_minus_beta1: (1.0 - cfg.beta1) as f32,
         one_minus_beta2: (1.0 - cfg.beta2) as f32,
         len4,
-        _pad: 0,
+        tex_shift,
     }
 }
