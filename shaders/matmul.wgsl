@@ -48,6 +48,8 @@ fn stage(m0: u32, n0: u32, k0: u32, li: u32) {
             } else {
                 v = a[m * mm.k + k];
             }
+        } else if (COLUMN_SUMS && m == mm.m && k < mm.k) {
+            v = 1.0;
         }
         as_[ki * STRIDE + mi] = v;
 

@@ -23,18 +23,31 @@ override STORE_PRE: bool = false;
 override HAS_GRAD: bool = false;
 override GRAD_ACT: u32 = 0u;
 override ACCUMULATE: bool = false;
+// op(A) has a virtual row M of ones, so row M of the product is Σ_k op(B)[k, n]: with TN
+// (A = layer input, B = the pre-activation gradient) that is the bias gradient, written to
+// `aux[n]` beside the weight gradient in C.
+override COLUMN_SUMS: bool = false;
 
 @group(0) @binding(0) var<uniform> mm: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
-// STORE_PRE: receives the pre-activation; HAS_GRAD: holds it (read only).
+// STORE_PRE: receives the pre-activation; HAS_GRAD: holds it (read only); COLUMN_SUMS: receives
+// the column sums of op(B).
 @group(0) @binding(5) var<storage, read_write> aux: array<f32>;
 
 // + bias, store the pre-activation, activation, times act'(aux), accumulate. Out-of-range
-// elements are skipped.
+// elements are skipped; the COLUMN_SUMS row goes to `aux`.
 fn mm_epilogue(row: u32, col: u32, sum: f32) {
+    if (COLUMN_SUMS && row == mm.m && col < mm.n) {
+        if (ACCUMULATE) {
+            aux[col] += sum;
+        } else {
+            aux[col] = sum;
+        }
+        return;
+    }
     if (row >= mm.m || col >= mm.n) {
         return;
     }

@@ -53,7 +53,7 @@ fn k_valid(k: u32) -> vec4<bool> {
     return vec4<u32>(k, k + 1u, k + 2u, k + 3u) < vec4<u32>(mm.k);
 }
 
-// op(A)[row, k .. k+3], row and k clamped, k beyond K zeroed.
+// op(A)[row, k .. k+3], row and k clamped, k beyond K zeroed (row M is ones with COLUMN_SUMS).
 fn load_a(row: u32, k: u32) -> vec4<f32> {
     let r = min(row, mm.m - 1u);
     let kl = mm.k - 1u;
@@ -67,6 +67,9 @@ fn load_a(row: u32, k: u32) -> vec4<f32> {
     } else {
         let base = r * mm.k;
         v = vec4<f32>(a_at(base + k0), a_at(base + k1), a_at(base + k2), a_at(base + k3));
+    }
+    if (COLUMN_SUMS && row == mm.m) {
+        v = vec4<f32>(1.0);
     }
     return select(vec4<f32>(0.0), v, k_valid(k));
 }

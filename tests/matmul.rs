@@ -473,3 +473,104 @@ fn cpu_layouts_are_explicit_transposes() {
     );
     assert_eq!((f.c[0], f.pre[0]), (3.5, 2.5));
 }
+
+/// The weight-gradient pass with the bias gradient fused in: C = AᵀB and aux = Σ_k B[k, ·] (a
+/// virtual row of ones in op(A)), overwriting and accumulating. M sits on both sides of the
+/// kernels' row tiles (32 and 64), so the virtual row M falls inside a partial tile and in a tile
+/// of its own. Each column sum has K terms: bound γ_K·Σ_k|B[k, n]| (+ u·|aux| when accumulating).
+#[test]
+fn weight_gradient_writes_the_bias_gradient() {
+    let shapes = [
+        (31, 33, 65),
+        (32, 7, 129),
+        (64, 40, 36),
+        (127, 3, 5),
+        (1, 1, 1),
+    ];
+    for gpu in all_gpus() {
+        for variant in MatmulVariant::available(&gpu) {
+            for accumulate in [false, true] {
+                let cfg = MatmulConfig {
+                    accumulate,
+                    column_sums: true,
+                    ..MatmulConfig::new(Layout::TN)
+                };
+                let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
+                for (j, &(m, n, k)) in shapes.iter().enumerate() {
+                    let mut rng = Lcg(40 + j as u64);
+                    let a = rng.vec(k * m, -1.0, 1.0);
+                    let mut b = rng.vec(k * n, -1.0, 1.0);
+                    b[0] = 1e3;
+                    let c_old = rng.vec(m * n, -1.0, 1.0);
+                    let sums_old = rng.vec(n, -1.0, 1.0);
+                    let (av, bv) = (gpu.upload("a", &a).unwrap(), gpu.upload("b", &b).unwrap());
+                    let cv = gpu.upload("c", &c_old).unwrap();
+                    let sv = gpu.upload("sums", &sums_old).unwrap();
+                    let d = matmul
+                        .bind(
+                            &gpu,
+                            m as u32,
+                            n as u32,
+                            k as u32,
+                            &av,
+                            &bv,
+                            &cv,
+                            None,
+                            Some(&sv),
+                        )
+                        .unwrap();
+                    gpu.run(&[&d]).unwrap();
+                    let name = format!(
+                        "{} {m}x{n}x{k} accumulate={accumulate} on {}",
+                        variant.name(),
+                        gpu.info.name
+                    );
+                    let old = |v: f32| if accumulate { v as f64 } else { 0.0 };
+                    let mut want = cpu::matmul(Layout::TN, m, n, k, &a, &b);
+                    want.iter_mut().zip(&c_old).for_each(|(w, &o)| *w += old(o));
+                    let scale = cpu::matmul_abs(Layout::TN, m, n, k, &a, &b);
+                    let got: Vec<f32> = gpu.read(&cv).unwrap();
+                    assert_close(&format!("{name}: weights"), &got, &want, |i| {
+                        gamma(k) * scale[i] + U32 * want[i].abs() + 1e-30
+                    });
+                    let b = &b;
+                    let col = |c: usize| (0..k).map(move |r| b[r * n + c] as f64);
+                    let want: Vec<f64> = (0..n)
+                        .map(|c| col(c).sum::<f64>() + old(sums_old[c]))
+                        .collect();
+                    let abs: Vec<f64> = (0..n).map(|c| col(c).map(f64::abs).sum()).collect();
+                    let got: Vec<f32> = gpu.read(&sv).unwrap();
+                    assert_close(&format!("{name}: column sums"), &got, &want, |i| {
+                        gamma(k) * abs[i] + U32 * want[i].abs() + 1e-30
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn column_sums_need_a_plain_product() {
+    let gpu = all_gpus().remove(0);
+    let cfg = MatmulConfig {
+        bias: true,
+        column_sums: true,
+        ..MatmulConfig::new(Layout::TN)
+    };
+    let err = Matmul::new(&gpu, cfg, None).err().expect("must fail");
+    assert!(
+        err.to_string().contains("only for products without bias"),
+        "{err}"
+    );
+    let plain = MatmulConfig {
+        column_sums: true,
+        ..MatmulConfig::new(Layout::TN)
+    };
+    let mm = Matmul::new(&gpu, plain, None).unwrap();
+    let v = gpu.zeros("v", 64).unwrap();
+    let err = mm
+        .bind(&gpu, 4, 4, 4, &v, &v, &v, None, None)
+        .err()
+        .expect("must fail");
+    assert!(err.to_string().contains("pass `aux`"), "{err}");
+}

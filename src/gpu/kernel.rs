@@ -10,6 +10,8 @@ pub enum Slot {
     ReadWrite,
     /// A 2-D `r32float` storage texture, read only (see [`TexelCopy`]).
     ReadTexture,
+    /// A 2-D `r32float` storage texture, read and written.
+    RwTexture,
 }
 
 /// A compiled compute pipeline and its bind-group layout.
@@ -152,6 +154,11 @@ impl Gpu {
                     },
                     Slot::ReadTexture => wgpu::BindingType::StorageTexture {
                         access: wgpu::StorageTextureAccess::ReadOnly,
+                        format: wgpu::TextureFormat::R32Float,
+                        view_dimension: wgpu::TextureViewDimension::D2,
+                    },
+                    Slot::RwTexture => wgpu::BindingType::StorageTexture {
+                        access: wgpu::StorageTextureAccess::ReadWrite,
                         format: wgpu::TextureFormat::R32Float,
                         view_dimension: wgpu::TextureViewDimension::D2,
                     },

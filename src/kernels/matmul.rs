@@ -103,6 +103,10 @@ pub struct MatmulConfig {
     pub grad_act: Option<Activation>,
     /// `C += result` instead of `C = result`.
     pub accumulate: bool,
+    /// Also write the column sums of op(B) to `aux` (n elements; added with `accumulate`):
+    /// with [`Layout::TN`] the bias gradient, formed in the weight-gradient pass as a virtual
+    /// row of ones in op(A). Only for plain products (no bias, activation or `aux` use).
+    pub column_sums: bool,
 }
 
 impl MatmulConfig {
@@ -115,6 +119,7 @@ impl MatmulConfig {
             store_pre: false,
             grad_act: None,
             accumulate: false,
+            column_sums: false,
         }
     }
 
@@ -136,11 +141,21 @@ impl MatmulConfig {
         if self.accumulate {
             s += "+=";
         }
+        if self.column_sums {
+            s += "+colsums";
+        }
         s
     }
 
-    fn uses_aux(&self) -> bool {
-        self.store_pre || self.grad_act.is_some()
+    /// Length of `aux` for an m×n product, if the config uses it.
+    fn aux_len(&self, m: u64, n: u64) -> Option<u64> {
+        if self.column_sums {
+            Some(n)
+        } else if self.store_pre || self.grad_act.is_some() {
+            Some(m * n)
+        } else {
+            None
+        }
     }
 
     fn constants(&self) -> Vec<(&'static str, f64)> {
@@ -157,6 +172,7 @@ impl MatmulConfig {
                 self.grad_act.unwrap_or(Activation::Identity).id() as f64,
             ),
             ("ACCUMULATE", flag(self.accumulate)),
+            ("COLUMN_SUMS", flag(self.column_sums)),
         ]
     }
 }
@@ -243,6 +259,18 @@ impl Matmul {
             return Err(GpuError::Shape {
                 kernel: label,
                 reason: "store_pre and grad_act both use `aux`; choose one".into(),
+            });
+        }
+        let plain = !cfg.bias
+            && cfg.act == Activation::Identity
+            && !cfg.store_pre
+            && cfg.grad_act.is_none();
+        if cfg.column_sums && !plain {
+            return Err(GpuError::Shape {
+                kernel: label,
+                reason: "column sums go to `aux`: only for products without bias, activation \
+                         or pre-activation"
+                    .into(),
             });
         }
         if variant == MatmulVariant::Subgroup && !gpu.has_subgroups() {
@@ -343,20 +371,22 @@ impl Matmul {
             }
             (false, None) => None,
         };
-        let aux = match (self.cfg.uses_aux(), aux) {
-            (true, Some(v)) => {
-                check_len(&self.label, "aux", v, m64 * n64)?;
-                Some(v.slice(0, m64 * n64))
+        let aux = match (self.cfg.aux_len(m64, n64), aux) {
+            (Some(len), Some(v)) => {
+                check_len(&self.label, "aux", v, len)?;
+                Some(v.slice(0, len))
             }
-            (true, None) => {
+            (Some(_), None) => {
                 return Err(self.shape_error(
-                    "the config stores or reads the pre-activation: pass `aux`".into(),
+                    "the config stores or reads the pre-activation or writes column sums: \
+                     pass `aux`"
+                        .into(),
                 ));
             }
-            (false, Some(_)) => {
+            (None, Some(_)) => {
                 return Err(self.shape_error("`aux` given, but the config does not use it".into()));
             }
-            (false, None) => None,
+            (None, None) => None,
         };
         let a = a.slice(0, m64 * k64);
         let b = b.slice(0, k64 * n64);
@@ -364,7 +394,9 @@ impl Matmul {
 
         let (tm, tn) = self.tile;
         let tiles_n = n.div_ceil(tn);
-        let tiles = m.div_ceil(tm) as u64 * tiles_n as u64;
+        // The column sums are row m of the computed product.
+        let rows = m + self.cfg.column_sums as u32;
+        let tiles = rows.div_ceil(tm) as u64 * tiles_n as u64;
         if tiles > u32::MAX as u64 {
             return Err(self.shape_error(format!("{tiles} workgroups overflow the grid")));
         }

@@ -278,9 +278,12 @@ impl TrainGraph {
             )?);
         }
 
-        // Backward, layer by layer from the top: dW = inᵀ·dpre, db = Σ dpre, and
-        // d(in) = dpre·Wᵀ, fused with the previous layer's activation derivative.
-        let weight_grad = MatmulConfig::new(Layout::TN);
+        // Backward, layer by layer from the top: dW = inᵀ·dpre with db = Σ dpre in the same
+        // pass, and d(in) = dpre·Wᵀ, fused with the previous layer's activation derivative.
+        let weight_grad = MatmulConfig {
+            column_sums: true,
+            ..MatmulConfig::new(Layout::TN)
+        };
         let input_grad = |act: Option<Activation>, accumulate: bool| MatmulConfig {
             grad_act: act,
             accumulate,
@@ -299,15 +302,7 @@ impl TrainGraph {
                 dpre,
                 &view(&grads, &layer.weight()),
                 None,
-                None,
-            )?);
-            ops.push(reduce.column_sums(
-                gpu,
-                batch,
-                layer.fan_out as u32,
-                dpre,
-                &view(&grads, &layer.bias()),
-                false,
+                Some(&view(&grads, &layer.bias())),
             )?);
             Ok(())
         };
