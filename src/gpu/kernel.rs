@@ -10,8 +10,6 @@ pub enum Slot {
     ReadWrite,
     /// A 2-D `r32float` storage texture, read only (see [`TexelCopy`]).
     ReadTexture,
-    /// A 2-D `r32float` storage texture, read and written.
-    RwTexture,
 }
 
 /// A compiled compute pipeline and its bind-group layout.
@@ -157,11 +155,7 @@ impl Gpu {
                         format: wgpu::TextureFormat::R32Float,
                         view_dimension: wgpu::TextureViewDimension::D2,
                     },
-                    Slot::RwTexture => wgpu::BindingType::StorageTexture {
-                        access: wgpu::StorageTextureAccess::ReadWrite,
-                        format: wgpu::TextureFormat::R32Float,
-                        view_dimension: wgpu::TextureViewDimension::D2,
-                    },
+
                 },
                 count: None,
             })
