@@ -557,7 +557,7 @@ fn column_sums_need_a_plain_product() {
         column_sums: true,
         ..MatmulConfig::new(Layout::TN)
     };
-    let err = Matmul::new(&gpu, cfg, None).err().expect("must fail");
+    let err = Matmul::new(&gpu, cfg, None).expect_err("must fail");
     assert!(
         err.to_string().contains("only for products without bias"),
         "{err}"
@@ -570,7 +570,6 @@ fn column_sums_need_a_plain_product() {
     let v = gpu.zeros("v", 64).unwrap();
     let err = mm
         .bind(&gpu, 4, 4, 4, &v, &v, &v, None, None)
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     assert!(err.to_string().contains("pass `aux`"), "{err}");
 }

@@ -155,7 +155,6 @@ impl Gpu {
                         format: wgpu::TextureFormat::R32Float,
                         view_dimension: wgpu::TextureViewDimension::D2,
                     },
-
                 },
                 count: None,
             })
