@@ -125,6 +125,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "dispatches_per_step": dispatches,
         "submits_per_step": 1,
         "readbacks_per_step": 0,
+        "tuning_cache": gpu.tune_cache().path().map(|p| p.display().to_string()),
         "final_mean_loss": r.total / r.count,
         "kernels": kernels.iter().map(|k| serde_json::json!({
             "label": k.label, "dispatches": k.dispatches, "ms_per_step": k.ms,
@@ -144,6 +145,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
         println!("launch→first step  {startup:.2} s");
         println!("per step           {dispatches} dispatches, 1 submit, 0 readbacks");
+        match gpu.tune_cache().path() {
+            Some(p) => println!("kernel choices     timed once, cached in {}", p.display()),
+            None => println!("kernel choices     timed at start (VAE_TUNE_CACHE is empty)"),
+        }
         if kernels.is_empty() {
             println!("(no per-kernel times: the adapter has no timestamp queries)");
         } else {

@@ -149,6 +149,8 @@ pub struct Gpu {
     /// The first error the device reported outside an error scope (a validation error, out of
     /// memory, or the device lost), recorded instead of wgpu's default panic.
     faults: Arc<Mutex<Option<String>>>,
+    /// Kernel variants chosen by timing (see `Gpu::tuned`).
+    pub(crate) tune: super::TuneCache,
 }
 
 impl fmt::Debug for Gpu {
@@ -213,6 +215,7 @@ impl Gpu {
             features,
             placeholder,
             faults,
+            tune: super::TuneCache::from_env(),
         })
     }
 

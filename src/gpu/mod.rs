@@ -8,6 +8,7 @@ mod context;
 mod kernel;
 mod profile;
 mod readback;
+mod tune;
 
 pub use buffers::View;
 pub use context::{
@@ -16,6 +17,7 @@ pub use context::{
 };
 pub use kernel::{Binding, Dispatch, Kernel, Slot, TexelCopy};
 pub use readback::{AsyncReader, Wait};
+pub use tune::{TuneCache, TuneEntry};
 
 use thiserror::Error;
 

@@ -30,12 +30,19 @@ pub enum AdamReads {
 impl AdamReads {
     pub const ALL: [AdamReads; 2] = [Self::Buffers, Self::Textures];
 
-    /// The variant [`AdamKernel::new`] uses.
+    /// The default: textures on software adapters.
     pub fn auto(gpu: &Gpu) -> Self {
         if gpu.is_software() {
             Self::Textures
         } else {
             Self::Buffers
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Buffers => "buffers",
+            Self::Textures => "textures",
         }
     }
 }
@@ -110,8 +117,39 @@ pub struct AdamStep {
 }
 
 impl AdamKernel {
+    /// The variant [`AdamReads::auto`] picks.
     pub fn new(gpu: &Gpu, cfg: AdamConfig) -> Result<Self> {
         Self::with_reads(gpu, cfg, AdamReads::auto(gpu))
+    }
+
+    /// The variant timed fastest for `len` parameters on this adapter ([`Gpu::tuned`]).
+    pub fn tuned(gpu: &Gpu, cfg: AdamConfig, len: u64) -> Result<Self> {
+        let auto = AdamReads::auto(gpu);
+        let mut candidates = vec![auto];
+        candidates.extend(AdamReads::ALL.into_iter().filter(|&r| r != auto));
+        let names: Vec<&str> = candidates.iter().map(|r| r.name()).collect();
+        let by_name = |name: &str| {
+            candidates
+                .iter()
+                .copied()
+                .find(|r| r.name() == name)
+                .unwrap_or(auto)
+        };
+        let chosen = gpu.tuned(&format!("adam {len}"), &names, |name| {
+            let kernel = Self::with_reads(gpu, cfg, by_name(name))?;
+            let [param, grad, m1, m2] =
+                ["param", "grad", "m1", "m2"].map(|n| gpu.zeros(&format!("tune.adam.{n}"), len));
+            let bufs = AdamBuffers {
+                param: &param?,
+                grad: &grad?,
+                m1: &m1?,
+                m2: &m2?,
+            };
+            let sumsq = gpu.zeros("tune.adam.sumsq", 4)?;
+            let step = kernel.bind(gpu, len, &bufs, Some(&sumsq))?;
+            gpu.time_dispatches(&[&step.dispatch])
+        })?;
+        Self::with_reads(gpu, cfg, by_name(&chosen))
     }
 
     pub fn with_reads(gpu: &Gpu, cfg: AdamConfig, reads: AdamReads) -> Result<Self> {

@@ -13,13 +13,16 @@
 //! v = act(pre)                           (act; Identity = none)
 //! v = v * grad_act'(aux[m,n])            (grad_act; aux holds a pre-activation)
 //! C[m,n] = C[m,n] + v  or  C[m,n] = v    (accumulate)
+//! aux[n] (+)= Σ_k op(B)[k,n]             (column_sums: the bias gradient beside dW = Aᵀ·dY)
 //! ```
 //!
 //! Two kernels compute the same thing: [`MatmulVariant::Tiled`], portable shared-memory tiling,
 //! and [`MatmulVariant::Subgroup`], the software-adapter fast path (one 8-lane subgroup per
 //! workgroup, `subgroupBroadcast`, a 32×64 tile in registers, A and B read from `r32float` textures
-//! that each dispatch first copies them into). [`Matmul::new`] picks the subgroup kernel on
-//! software adapters with subgroups of at least 8 lanes, else the tiled one.
+//! that each dispatch first copies them into). [`MatmulVariant::auto`] is the subgroup kernel on
+//! software adapters with subgroups of at least 8 lanes, else the tiled one; the training and
+//! evaluation graphs instead time every available variant once per adapter and shape and keep
+//! the fastest ([`Gpu::tuned`], cached on disk).
 
 use bytemuck::{Pod, Zeroable};
 

@@ -3,17 +3,24 @@
 //! importance-sampled evaluation with many.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use crate::gpu::{Dispatch, Gpu, Result, View};
 use crate::kernels::Activation;
-use crate::kernels::matmul::{Layout, Matmul, MatmulConfig};
+use crate::kernels::matmul::{Layout, Matmul, MatmulConfig, MatmulVariant};
 use crate::kernels::sample::{SampleShape, Sampler};
 use crate::model::{Dense, ParamLayout, VaeConfig};
 
-/// Compiled matmul variants, one per epilogue configuration a graph uses.
+/// Products smaller than this (multiply-adds) use [`MatmulVariant::auto`] untimed.
+const MIN_TUNED_MACS: u64 = 1 << 18;
+
+/// The matmuls a graph uses: each product runs the variant timed fastest for its layout and shape
+/// on this adapter ([`Gpu::tuned`]), compiled once per epilogue configuration.
 pub(crate) struct Matmuls<'g> {
     gpu: &'g Gpu,
-    compiled: HashMap<MatmulConfig, Matmul>,
+    compiled: HashMap<(MatmulConfig, MatmulVariant), Matmul>,
+    /// Plain products of each layout and variant, for timing shapes not in the tuning cache.
+    timing: HashMap<(Layout, MatmulVariant), Matmul>,
 }
 
 impl<'g> Matmuls<'g> {
@@ -21,6 +28,7 @@ impl<'g> Matmuls<'g> {
         Self {
             gpu,
             compiled: HashMap::new(),
+            timing: HashMap::new(),
         }
     }
 
@@ -36,11 +44,54 @@ impl<'g> Matmuls<'g> {
         aux: Option<&View>,
     ) -> Result<Dispatch> {
         let gpu = self.gpu;
-        let matmul = match self.compiled.entry(cfg) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(Matmul::new(gpu, cfg, None)?),
+        let (m, n, k) = (m as u32, n as u32, k as u32);
+        let variant = self.variant(cfg.layout, m, n, k)?;
+        let matmul = match self.compiled.entry((cfg, variant)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Matmul::new(gpu, cfg, Some(variant))?),
         };
-        matmul.bind(gpu, m as u32, n as u32, k as u32, a, b, c, bias, aux)
+        matmul.bind(gpu, m, n, k, a, b, c, bias, aux)
+    }
+
+    /// The variant for an m×n×k product in `layout`: [`MatmulVariant::auto`] unless another
+    /// available one times faster.
+    fn variant(&mut self, layout: Layout, m: u32, n: u32, k: u32) -> Result<MatmulVariant> {
+        let gpu = self.gpu;
+        let auto = MatmulVariant::auto(gpu);
+        let mut candidates = vec![auto];
+        candidates.extend(
+            MatmulVariant::available(gpu)
+                .into_iter()
+                .filter(|&v| v != auto),
+        );
+        // Tiny products cost the dispatch's fixed overhead whatever the kernel: timing them
+        // would only measure noise.
+        if candidates.len() == 1 || (m as u64 * n as u64 * k as u64) < MIN_TUNED_MACS {
+            return Ok(auto);
+        }
+        let names: Vec<&str> = candidates.iter().map(|v| v.name()).collect();
+        let key = format!("matmul {layout:?} {m}x{n}x{k}");
+        let chosen = gpu.tuned(&key, &names, |name| {
+            let v = candidates
+                .iter()
+                .copied()
+                .find(|v| v.name() == name)
+                .unwrap_or(auto);
+            let matmul = match self.timing.entry((layout, v)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(Matmul::new(gpu, MatmulConfig::new(layout), Some(v))?),
+            };
+            let (m64, n64, k64) = (m as u64, n as u64, k as u64);
+            let a = gpu.zeros("tune.a", m64 * k64)?;
+            let b = gpu.zeros("tune.b", k64 * n64)?;
+            let c = gpu.zeros("tune.c", m64 * n64)?;
+            let d = matmul.bind(gpu, m, n, k, &a, &b, &c, None, None)?;
+            gpu.time_dispatches(&[&d])
+        })?;
+        Ok(candidates
+            .into_iter()
+            .find(|v| v.name() == chosen)
+            .unwrap_or(auto))
     }
 }
 

@@ -394,7 +394,7 @@ impl TrainGraph {
         } else {
             None
         };
-        let adam = AdamKernel::new(gpu, adam_cfg)?.bind(
+        let adam = AdamKernel::tuned(gpu, adam_cfg, layout.len as u64)?.bind(
             gpu,
             layout.len as u64,
             &AdamBuffers {
