@@ -10,7 +10,9 @@
 override BINARIZE: bool = false;
 
 struct Params {
+    // Distinct rows, and rows written (the distinct ones repeated, for K samples per item).
     rows: u32,
+    total: u32,
     dim: u32,
     // Index into `perm` of the batch's first row; rewritten each step.
     first: u32,
@@ -19,7 +21,6 @@ struct Params {
     seed_lo: u32,
     seed_hi: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -40,12 +41,12 @@ fn binarized(byte: u32, item: u32, col: u32) -> f32 {
 fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let i = flat_workgroup(wid, nwg) * WG + lid;
-    if (i >= params.rows * params.dim) {
+    if (i >= params.total * params.dim) {
         return;
     }
     let row = i / params.dim;
     let col = i - row * params.dim;
-    let item = perm[params.first + row];
+    let item = perm[params.first + row % params.rows];
     let byte_index = item * params.dim + col;
     let byte = (pixels[byte_index >> 2u] >> ((byte_index & 3u) * 8u)) & 0xffu;
     if (BINARIZE) {

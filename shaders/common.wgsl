@@ -115,3 +115,31 @@ fn act_derivative(kind: u32, x: f32) -> f32 {
 fn flat_workgroup(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y * nwg.x + wid.x;
 }
+
+// e^v - 1 - v, accurate to a few ulp everywhere: the direct form cancels near v = 0 (where the
+// result is ~v^2/2), so (-1, 2) uses its Taylor series to v^16 (truncation < 1e-10 relative).
+fn exp_excess(v: f32) -> f32 {
+    if (v > -1.0 && v < 2.0) {
+        var p = 1.0 / 20922789888000.0;
+        p = p * v + 1.0 / 1307674368000.0;
+        p = p * v + 1.0 / 87178291200.0;
+        p = p * v + 1.0 / 6227020800.0;
+        p = p * v + 1.0 / 479001600.0;
+        p = p * v + 1.0 / 39916800.0;
+        p = p * v + 1.0 / 3628800.0;
+        p = p * v + 1.0 / 362880.0;
+        p = p * v + 1.0 / 40320.0;
+        p = p * v + 1.0 / 5040.0;
+        p = p * v + 1.0 / 720.0;
+        p = p * v + 1.0 / 120.0;
+        p = p * v + 1.0 / 24.0;
+        p = p * v + 1.0 / 6.0;
+        p = p * v + 0.5;
+        return v * v * p;
+    }
+    if (v <= -1.0) {
+        // -1 - v >= 0 and e^v > 0: no cancellation.
+        return (-1.0 - v) + exp(v);
+    }
+    return exp(v) - (1.0 + v);
+}

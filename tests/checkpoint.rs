@@ -35,6 +35,8 @@ fn settings() -> TrainSettings {
         kl_warmup: 11,
         log_every: 5,
         binarize: Binarize::Dynamic,
+        objective: vae_wgpu::kernels::iwae::Objective::Iwae,
+        samples: 7,
     }
 }
 

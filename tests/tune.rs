@@ -27,7 +27,7 @@ fn the_fastest_candidate_is_chosen_once_and_cached_on_disk() {
     let path = dir.path().join("sub").join("tune.json");
     let gpu = gpu_with_cache(&path);
     let timed = Cell::new(0);
-    let times = |name: &str| {
+    let times = |name: &str, _: Option<f64>| {
         timed.set(timed.get() + 1);
         Ok(match name {
             "slow" => 2e-3,
@@ -49,7 +49,8 @@ fn the_fastest_candidate_is_chosen_once_and_cached_on_disk() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("k 1x2x3") && text.contains("0.002"), "{text}");
     let gpu = gpu_with_cache(&path);
-    let never = |_: &str| -> vae_wgpu::gpu::Result<f64> { panic!("cached: must not time") };
+    let never =
+        |_: &str, _: Option<f64>| -> vae_wgpu::gpu::Result<f64> { panic!("cached: must not time") };
     assert_eq!(
         gpu.tuned("k 1x2x3", &["slow", "fast"], never).unwrap(),
         "fast"
@@ -66,12 +67,12 @@ fn the_fastest_candidate_is_chosen_once_and_cached_on_disk() {
 fn the_default_keeps_its_place_within_the_noise_margin() {
     let dir = tempfile::tempdir().unwrap();
     let gpu = gpu_with_cache(&dir.path().join("tune.json"));
-    let times = |name: &str| Ok(if name == "default" { 1.0 } else { 0.95 });
+    let times = |name: &str, _: Option<f64>| Ok(if name == "default" { 1.0 } else { 0.95 });
     assert_eq!(
         gpu.tuned("m", &["default", "other"], times).unwrap(),
         "default"
     );
-    let times = |name: &str| Ok(if name == "default" { 1.0 } else { 0.5 });
+    let times = |name: &str, _: Option<f64>| Ok(if name == "default" { 1.0 } else { 0.5 });
     assert_eq!(
         gpu.tuned("m2", &["default", "other"], times).unwrap(),
         "other"
@@ -85,7 +86,7 @@ fn a_corrupt_or_stale_cache_is_retuned() {
     std::fs::write(&path, b"{ not json").unwrap();
     let gpu = gpu_with_cache(&path);
     let timed = Cell::new(0);
-    let times = |name: &str| {
+    let times = |name: &str, _: Option<f64>| {
         timed.set(timed.get() + 1);
         Ok(if name == "b" { 1.0 } else { 3.0 })
     };
@@ -105,7 +106,7 @@ fn a_corrupt_or_stale_cache_is_retuned() {
 fn errors_while_timing_are_returned() {
     let dir = tempfile::tempdir().unwrap();
     let gpu = gpu_with_cache(&dir.path().join("tune.json"));
-    let gpu_err = |_: &str| -> vae_wgpu::gpu::Result<f64> {
+    let gpu_err = |_: &str, _: Option<f64>| -> vae_wgpu::gpu::Result<f64> {
         Err(vae_wgpu::gpu::GpuError::Shape {
             kernel: "k".into(),
             reason: "boom".into(),
@@ -141,6 +142,8 @@ fn a_training_graph_tunes_its_kernels() {
             adam: AdamConfig::default(),
             seed: 1,
             binarize_seed: None,
+            objective: vae_wgpu::kernels::iwae::Objective::Elbo,
+            samples: 1,
         };
         TrainGraph::new(&gpu, &cfg, &opts, &data, None).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -195,14 +198,40 @@ fn the_first_saved_choice_wins() {
     // `second` loaded the (empty) file before `first` saved its choice.
     assert_eq!(
         first
-            .tuned("s", &["a", "b"], |n| Ok(if n == "a" { 1.0 } else { 2.0 }))
+            .tuned("s", &["a", "b"], |n, _| Ok(if n == "a" {
+                1.0
+            } else {
+                2.0
+            }))
             .unwrap(),
         "a"
     );
     assert_eq!(
         second
-            .tuned("s", &["a", "b"], |n| Ok(if n == "a" { 2.0 } else { 1.0 }))
+            .tuned("s", &["a", "b"], |n, _| Ok(if n == "a" {
+                2.0
+            } else {
+                1.0
+            }))
             .unwrap(),
         "a"
     );
+}
+
+/// Later candidates are told when to stop early: three times the best time so far.
+#[test]
+fn later_candidates_get_a_give_up_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpu = gpu_with_cache(&dir.path().join("tune.json"));
+    let limits = std::cell::RefCell::new(Vec::new());
+    let times = |name: &str, limit: Option<f64>| {
+        limits.borrow_mut().push(limit);
+        Ok(match name {
+            "a" => 2.0,
+            "b" => 1.0,
+            _ => 10.0,
+        })
+    };
+    assert_eq!(gpu.tuned("g", &["a", "b", "c"], times).unwrap(), "b");
+    assert_eq!(*limits.borrow(), vec![None, Some(6.0), Some(3.0)]);
 }

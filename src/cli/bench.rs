@@ -2,6 +2,7 @@
 //! workload: 784-400-20, ReLU, Bernoulli, Adam 1e-3, batch 128) on the shipped data, with the
 //! start-up time and what one step costs in dispatches, submits and readbacks.
 
+use crate::kernels::iwae::Objective;
 use std::time::Instant;
 
 use anyhow::bail;
@@ -65,6 +66,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         adam: AdamConfig::default(),
         seed: 1,
         binarize_seed: None,
+        objective: Objective::Elbo,
+        samples: 1,
     };
     let graph = TrainGraph::new(&gpu, &model, &opts, &data, None)?;
     gpu.write(&graph.params, &init_params(&model, &graph.layout, 1));

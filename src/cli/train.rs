@@ -14,6 +14,7 @@ use crate::gpu::Gpu;
 use crate::kernels::Activation;
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::elbo::Likelihood;
+use crate::kernels::iwae::Objective;
 use crate::model::VaeConfig;
 use crate::train::checkpoint::{self, Checkpoint};
 use crate::train::run::{Finish, TrainOptions, train};
@@ -29,7 +30,7 @@ pub enum LikelihoodArg {
 }
 
 /// Flags that define a run; `--resume` takes them from the checkpoint instead.
-const RUN_DEFINING: [&str; 16] = [
+const RUN_DEFINING: [&str; 18] = [
     "data",
     "test_data",
     "batch",
@@ -46,6 +47,8 @@ const RUN_DEFINING: [&str; 16] = [
     "binarize",
     "max_norm",
     "weight_decay",
+    "objective",
+    "k",
 ];
 
 #[derive(Args, Debug)]
@@ -87,6 +90,13 @@ pub struct TrainArgs {
     /// Turn pixels into Bernoulli draws: once for the run (static) or each epoch (dynamic).
     #[arg(long, value_enum, default_value_t = Binarize::None)]
     pub binarize: Binarize,
+    /// What to maximize: the ELBO, or the importance-weighted bound over --k samples (IWAE).
+    #[arg(long, value_enum, default_value_t = Objective::Elbo)]
+    pub objective: Objective,
+    /// Posterior samples per example: the IWAE bound's K, or with the ELBO the number of
+    /// single-sample ELBOs averaged.
+    #[arg(long, default_value_t = 1)]
+    pub k: u32,
     /// Clip the global gradient norm to this value (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub max_norm: f64,
@@ -120,8 +130,9 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// Rejects impossible settings up front, naming the allowed range.
     fn validate(&self) -> anyhow::Result<()> {
-        let checks: [(bool, &str); 11] = [
+        let checks: [(bool, &str); 12] = [
             (self.batch >= 1, "--batch must be at least 1"),
+            (self.k >= 1, "--k must be at least 1"),
             (self.latent >= 1, "--latent must be at least 1"),
             (self.epochs != Some(0), "--epochs must be at least 1"),
             (
@@ -189,6 +200,8 @@ impl TrainArgs {
             kl_warmup: self.kl_warmup,
             log_every: self.log_every,
             binarize: self.binarize,
+            objective: self.objective,
+            samples: self.k,
         }
     }
 }

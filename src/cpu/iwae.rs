@@ -33,3 +33,86 @@ pub fn bound(log_w: &[f64], batch: usize) -> Vec<f64> {
         })
         .collect()
 }
+
+/// The K-sample training loss of each example and its latent-side gradients, as
+/// `shaders/iwae.wgsl`'s `train_terms` forms them (see there); rows r = s·B + b.
+#[derive(Debug, Clone, Default)]
+pub struct TrainTerms {
+    /// [K·B]: how much each sample row's reconstruction gradient counts.
+    pub weights: Vec<f64>,
+    /// [B] each.
+    pub rec: Vec<f64>,
+    pub kl: Vec<f64>,
+    pub total: Vec<f64>,
+    /// [B, L].
+    pub dmu: Vec<f64>,
+    pub dlogvar: Vec<f64>,
+    /// [K·B, L]: the latent terms' part of ∂loss/∂z.
+    pub dz: Vec<f64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn train_terms(
+    objective: crate::kernels::iwae::Objective,
+    beta: f64,
+    batch: usize,
+    rec: &[f64],
+    z: &[f64],
+    eps: &[f64],
+    mu: &[f64],
+    logvar: &[f64],
+) -> TrainTerms {
+    use crate::kernels::iwae::Objective;
+    let latent = mu.len() / batch;
+    let samples = rec.len() / batch;
+    let mut t = TrainTerms {
+        weights: vec![0.0; rec.len()],
+        dz: vec![0.0; z.len()],
+        dmu: vec![0.0; mu.len()],
+        dlogvar: vec![0.0; mu.len()],
+        ..Default::default()
+    };
+    let log_w: Vec<f64> = log_weights(rec, z, eps, logvar, batch)
+        .iter()
+        .zip(rec)
+        // log_weights has β = 1: rescale its latent part.
+        .map(|(lw, r)| beta * (lw + r) - r)
+        .collect();
+    for b in 0..batch {
+        let rows: Vec<usize> = (0..samples).map(|s| s * batch + b).collect();
+        let rec_mean = rows.iter().map(|&r| rec[r]).sum::<f64>() / samples as f64;
+        let (total, kl) = match objective {
+            Objective::Elbo => {
+                let mut kl = 0.0;
+                for l in 0..latent {
+                    let i = b * latent + l;
+                    kl += super::elbo::kl_term(mu[i], logvar[i]);
+                    t.dmu[i] = beta * mu[i];
+                    t.dlogvar[i] = beta * 0.5 * logvar[i].exp_m1();
+                }
+                rows.iter()
+                    .for_each(|&r| t.weights[r] = 1.0 / samples as f64);
+                (rec_mean + beta * kl, kl)
+            }
+            Objective::Iwae => {
+                let mine: Vec<f64> = rows.iter().map(|&r| log_w[r]).collect();
+                let bound = log_mean_exp(&mine);
+                for &r in &rows {
+                    let w = (log_w[r] - bound).exp() / samples as f64;
+                    t.weights[r] = w;
+                    for l in 0..latent {
+                        t.dz[r * latent + l] = w * beta * z[r * latent + l];
+                    }
+                }
+                for l in 0..latent {
+                    t.dlogvar[b * latent + l] = -0.5 * beta;
+                }
+                (-bound, -bound - rec_mean)
+            }
+        };
+        t.rec.push(rec_mean);
+        t.kl.push(kl);
+        t.total.push(total);
+    }
+    t
+}

@@ -2,7 +2,8 @@
 //! exactly as `train::graph` composes the GPU ones. Given the same parameters, batch and ε, the
 //! two must agree to rounding.
 
-use crate::cpu::{activation, elbo, matmul::matmul, reduce::column_sums, sample};
+use crate::cpu::{activation, elbo, iwae, matmul::matmul, reduce::column_sums, sample};
+use crate::kernels::iwae::Objective;
 use crate::kernels::matmul::Layout;
 use crate::model::{DEC_LOGVAR, Dense, ParamLayout, VaeConfig};
 
@@ -112,8 +113,23 @@ pub fn step(
     eps: &[f64],
     beta: f64,
 ) -> StepResult {
+    step_k(cfg, layout, p, x, eps, Objective::Elbo, beta)
+}
+
+/// Loss and gradient of `objective` for one batch `x` [B, D] with K samples per example:
+/// noise `eps` [K·B, L], sample row s·B + b for example b (K = 1: [`step`]).
+pub fn step_k(
+    cfg: &VaeConfig,
+    layout: &ParamLayout,
+    p: &[f64],
+    x: &[f64],
+    eps: &[f64],
+    objective: Objective,
+    beta: f64,
+) -> StepResult {
     let layers = cfg.layers();
     let batch = x.len() / cfg.input;
+    let rows = eps.len() / cfg.latent;
     // Forward, keeping every layer's input and pre-activation.
     let mut enc_in = vec![x.to_vec()];
     let mut enc_pre = Vec::new();
@@ -129,35 +145,48 @@ pub fn step(
     let mut dec_in = vec![z];
     let mut dec_pre = Vec::new();
     for d in &layers.decoder {
-        let (pre, out) = dense_forward(d, layout, p, dec_in.last().unwrap(), batch);
+        let (pre, out) = dense_forward(d, layout, p, dec_in.last().unwrap(), rows);
         dec_pre.push(pre);
         dec_in.push(out);
     }
-    let (dec, _) = dense_forward(&layers.out, layout, p, dec_in.last().unwrap(), batch);
+    let (dec, _) = dense_forward(&layers.out, layout, p, dec_in.last().unwrap(), rows);
     let dec_logvar: Vec<f64> = if cfg.likelihood.learns_variance() {
         tensor(layout, p, DEC_LOGVAR).to_vec()
     } else {
         Vec::new()
     };
+    // The reconstruction terms of every sample row (x repeated per sample; the KL inputs are
+    // placeholders: the latent terms come from `train_terms`).
+    let x_rep: Vec<f64> = x.iter().copied().cycle().take(rows * cfg.input).collect();
+    let none = vec![0.0; rows * cfg.latent];
     let dims = elbo::Dims {
-        batch,
+        batch: rows,
         dim: cfg.input,
         latent: cfg.latent,
     };
     let inputs = elbo::Inputs {
-        x,
+        x: &x_rep,
         dec: &dec,
         dec_logvar: &dec_logvar,
-        mu: &mu,
-        logvar: &logvar,
+        mu: &none,
+        logvar: &none,
     };
-    let loss = elbo::elbo(cfg.likelihood, beta, 1.0, dims, &inputs);
+    let mut loss = elbo::elbo(cfg.likelihood, beta, 1.0, dims, &inputs);
+    let z = &dec_in[0];
+    let terms = iwae::train_terms(objective, beta, batch, &loss.rec, z, eps, &mu, &logvar);
+    let weigh = |g: &mut [f64]| {
+        for (r, row) in g.chunks_mut(cfg.input).enumerate() {
+            row.iter_mut().for_each(|v| *v *= terms.weights[r]);
+        }
+    };
+    weigh(&mut loss.d_dec);
+    weigh(&mut loss.d_dec_logvar);
 
     // Backward.
     let mut grads = vec![0.0; layout.len];
     if cfg.likelihood.learns_variance() {
         let t = layout.get(DEC_LOGVAR);
-        let g = column_sums(batch, cfg.input, &loss.d_dec_logvar);
+        let g = column_sums(rows, cfg.input, &loss.d_dec_logvar);
         grads[t.offset..t.offset + t.len()].copy_from_slice(&g);
     }
     let mut dy = dense_backward(
@@ -166,14 +195,15 @@ pub fn step(
         p,
         dec_in.last().unwrap(),
         &loss.d_dec,
-        batch,
+        rows,
         &mut grads,
     );
     for (i, d) in layers.decoder.iter().enumerate().rev() {
         let dpre = through_activation(d, &dy, &dec_pre[i]);
-        dy = dense_backward(d, layout, p, &dec_in[i], &dpre, batch, &mut grads);
+        dy = dense_backward(d, layout, p, &dec_in[i], &dpre, rows, &mut grads);
     }
-    let (mut dmu, mut dlogvar) = (loss.dmu.clone(), loss.dlogvar.clone());
+    dy.iter_mut().zip(&terms.dz).for_each(|(g, t)| *g += t);
+    let (mut dmu, mut dlogvar) = (terms.dmu.clone(), terms.dlogvar.clone());
     sample::reparam_backward(&dy, eps, &logvar, &mut dmu, &mut dlogvar);
     let from_mu = dense_backward(&layers.mu, layout, p, &top, &dmu, batch, &mut grads);
     let from_lv = dense_backward(&layers.logvar, layout, p, &top, &dlogvar, batch, &mut grads);
@@ -183,9 +213,9 @@ pub fn step(
         dy = dense_backward(d, layout, p, &enc_in[i], &dpre, batch, &mut grads);
     }
     StepResult {
-        total: loss.total.iter().sum(),
-        rec: loss.rec.iter().sum(),
-        kl: loss.kl.iter().sum(),
+        total: terms.total.iter().sum(),
+        rec: terms.rec.iter().sum(),
+        kl: terms.kl.iter().sum(),
         grads,
     }
 }

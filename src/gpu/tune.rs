@@ -22,6 +22,10 @@ pub struct TuneEntry {
     pub seconds: BTreeMap<String, f64>,
 }
 
+/// A candidate whose first warm run is this many times slower than the best so far is not timed
+/// further (the slow kernels on large shapes would otherwise make tuning take seconds).
+const GIVE_UP: f64 = 3.0;
+
 /// A candidate other than the first (the heuristic's pick) must be this much faster to be
 /// chosen, so that timing noise on a busy host does not flip choices between runs.
 const MARGIN: f64 = 1.1;
@@ -135,13 +139,14 @@ impl Gpu {
     }
 
     /// The fastest of `candidates` for `key` (a kernel family and shape): from the cache, or by
-    /// calling `seconds` on each (seconds per dispatch, warm) and caching the result. The first
-    /// candidate is the default and wins unless another is [`MARGIN`] times faster.
+    /// calling `seconds` on each (seconds per dispatch, warm; given the time above which it may
+    /// stop early and report what it saw) and caching the result. The first candidate is the
+    /// default and wins unless another is [`MARGIN`] times faster.
     pub fn tuned(
         &self,
         key: &str,
         candidates: &[&str],
-        mut seconds: impl FnMut(&str) -> Result<f64>,
+        mut seconds: impl FnMut(&str, Option<f64>) -> Result<f64>,
     ) -> Result<String> {
         let full = format!("{} | {key}", self.tune_prefix());
         let valid = |e: &TuneEntry| candidates.contains(&e.choice.as_str());
@@ -151,7 +156,7 @@ impl Gpu {
         let mut times = BTreeMap::new();
         let mut best: Option<(&str, f64)> = None;
         for (i, &c) in candidates.iter().enumerate() {
-            let t = seconds(c)?;
+            let t = seconds(c, best.map(|(_, b)| GIVE_UP * b))?;
             times.insert(c.to_string(), t);
             let margin = if i == 0 { 1.0 } else { MARGIN };
             if best.is_none_or(|(_, b)| t * margin < b) {
@@ -176,8 +181,13 @@ impl Gpu {
     }
 
     /// Warm seconds per run of `dispatches` (after one untimed run that compiles and JITs): the
-    /// best of three batches sized to take about 20 ms each.
-    pub fn time_dispatches(&self, dispatches: &[&super::Dispatch]) -> Result<f64> {
+    /// best of three batches sized to take about 20 ms each, or the first warm run alone when it
+    /// exceeds `give_up_above`.
+    pub fn time_dispatches(
+        &self,
+        dispatches: &[&super::Dispatch],
+        give_up_above: Option<f64>,
+    ) -> Result<f64> {
         let once = || -> Result<f64> {
             let t = std::time::Instant::now();
             self.run(dispatches)?;
@@ -185,6 +195,9 @@ impl Gpu {
         };
         once()?;
         let mut best = once()?;
+        if give_up_above.is_some_and(|limit| best > limit) {
+            return Ok(best);
+        }
         let reps = ((0.02 / best.max(1e-6)) as usize).clamp(1, 50);
         for _ in 0..3 {
             let batch: Vec<&super::Dispatch> =

@@ -135,7 +135,7 @@ impl AdamKernel {
                 .find(|r| r.name() == name)
                 .unwrap_or(auto)
         };
-        let chosen = gpu.tuned(&format!("adam {len}"), &names, |name| {
+        let chosen = gpu.tuned(&format!("adam {len}"), &names, |name, give_up| {
             let kernel = Self::with_reads(gpu, cfg, by_name(name))?;
             let [param, grad, m1, m2] =
                 ["param", "grad", "m1", "m2"].map(|n| gpu.zeros(&format!("tune.adam.{n}"), len));
@@ -147,7 +147,7 @@ impl AdamKernel {
             };
             let sumsq = gpu.zeros("tune.adam.sumsq", 4)?;
             let step = kernel.bind(gpu, len, &bufs, Some(&sumsq))?;
-            gpu.time_dispatches(&[&step.dispatch])
+            gpu.time_dispatches(&[&step.dispatch], give_up)
         })?;
         Self::with_reads(gpu, cfg, by_name(&chosen))
     }

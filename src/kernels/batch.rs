@@ -13,12 +13,13 @@ const SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     rows: u32,
+    total: u32,
     dim: u32,
     first: u32,
     draw: u32,
     seed_lo: u32,
     seed_hi: u32,
-    _pad: [u32; 2],
+    _pad: u32,
 }
 
 /// Bytes packed four to a little-endian u32, zero-padded.
@@ -49,6 +50,8 @@ pub struct Gather {
     pub dispatch: Dispatch,
     params: wgpu::Buffer,
     rows: u32,
+    /// Rows written: `rows` times the number of copies.
+    total: u32,
     dim: u32,
     seed: u64,
     perm_len: u64,
@@ -83,9 +86,33 @@ impl BatchKernel {
         perm: &View,
         out: &View,
     ) -> Result<Gather> {
+        self.bind_repeated(gpu, rows, 1, dim, pixels, perm, out)
+    }
+
+    /// As [`bind`](Self::bind), the `rows` rows written `copies` times one after the other
+    /// (row r of `out` is item `perm[first + r mod rows]`; binarized draws repeat too).
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind_repeated(
+        &self,
+        gpu: &Gpu,
+        rows: u32,
+        copies: u32,
+        dim: u32,
+        pixels: &View,
+        perm: &View,
+        out: &View,
+    ) -> Result<Gather> {
         let label = &self.kernel.label;
-        check_len(label, "out", out, rows as u64 * dim as u64)?;
+        let total = rows as u64 * copies.max(1) as u64;
+        check_len(label, "out", out, total * dim as u64)?;
         check_len(label, "perm", perm, rows as u64)?;
+        if total > u32::MAX as u64 || total * dim as u64 > u32::MAX as u64 {
+            return Err(GpuError::Shape {
+                kernel: label.clone(),
+                reason: format!("{total} rows of {dim} overflow 32-bit indices"),
+            });
+        }
+        let total = total as u32;
         let items = pixels.len * 4 / dim.max(1) as u64;
         if items == 0 {
             return Err(GpuError::Shape {
@@ -94,7 +121,7 @@ impl BatchKernel {
             });
         }
         let seed = self.binarize_seed.unwrap_or(0);
-        let params = gpu.uniform(label, &params(rows, dim, 0, 0, seed));
+        let params = gpu.uniform(label, &params(rows, total, dim, 0, 0, seed));
         let dispatch = gpu.dispatch(
             &self.kernel,
             &[
@@ -103,12 +130,13 @@ impl BatchKernel {
                 Binding::Storage(perm),
                 Binding::Storage(out),
             ],
-            gpu.grid_1d((rows * dim).div_ceil(WG)),
+            gpu.grid_1d((total * dim).div_ceil(WG)),
         )?;
         Ok(Gather {
             dispatch,
             params,
             rows,
+            total,
             dim,
             seed,
             perm_len: perm.len,
@@ -116,15 +144,16 @@ impl BatchKernel {
     }
 }
 
-fn params(rows: u32, dim: u32, first: u32, draw: u32, seed: u64) -> Params {
+fn params(rows: u32, total: u32, dim: u32, first: u32, draw: u32, seed: u64) -> Params {
     Params {
         rows,
+        total,
         dim,
         first,
         draw,
         seed_lo: seed as u32,
         seed_hi: (seed >> 32) as u32,
-        _pad: [0; 2],
+        _pad: 0,
     }
 }
 
@@ -136,7 +165,7 @@ impl Gather {
             first as u64 + self.rows as u64 <= self.perm_len,
             "batch runs past the permutation"
         );
-        let p = params(self.rows, self.dim, first, draw, self.seed);
+        let p = params(self.rows, self.total, self.dim, first, draw, self.seed);
         gpu.queue
             .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
     }

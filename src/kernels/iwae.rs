@@ -161,3 +161,227 @@ impl IwaeKernels {
         })
     }
 }
+
+// ---- Training with K samples per example ------------------------------------------------------
+
+/// What training maximizes with K posterior samples per example (see `shaders/iwae.wgsl`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// The ELBO, its reconstruction term averaged over the K samples, the KL analytic.
+    #[default]
+    Elbo,
+    /// The importance-weighted bound log (1/K) Σ_k p(x, z_k)/q(z_k|x) (Burda et al., 2016).
+    Iwae,
+}
+
+impl Objective {
+    fn id(self) -> f64 {
+        match self {
+            Self::Elbo => 0.0,
+            Self::Iwae => 1.0,
+        }
+    }
+}
+
+/// params, rec, z, eps, logvar, weights, stats, mu, dmu, dlogvar, dz.
+const TERMS_SLOTS: &[Slot] = &[
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+    Slot::Read,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+];
+/// params, d_dec, weights, d_dec_logvar.
+const SCALE_SLOTS: &[Slot] = &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::ReadWrite];
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct TrainParams {
+    batch: u32,
+    samples: u32,
+    latent: u32,
+    dim: u32,
+    beta: f32,
+    _pad: [u32; 3],
+}
+
+/// B examples of D values, K samples each, L latent dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KSampleShape {
+    pub batch: u32,
+    pub samples: u32,
+    pub latent: u32,
+    pub dim: u32,
+}
+
+/// What the K-sample loss reads and writes; rows r = s·B + b.
+pub struct KSampleBuffers<'a> {
+    /// [K·B] reconstruction NLLs (elbo.wgsl's `rows` stats over the sample rows).
+    pub rec: &'a View,
+    /// [K·B, L].
+    pub z: &'a View,
+    pub eps: &'a View,
+    /// [B, L].
+    pub mu: &'a View,
+    pub logvar: &'a View,
+    /// [K·B] scratch: the rows' weights.
+    pub weights: &'a View,
+    /// [3, B]: per-example rec, kl, total, for elbo.wgsl's `batch_total`.
+    pub stats: &'a View,
+    /// [B, L]: the latent terms' gradients (the sample backward adds the decoder's).
+    pub dmu: &'a View,
+    pub dlogvar: &'a View,
+    /// [K·B, L]: the latent terms' part of ∂loss/∂z (the backward matmul adds the decoder's).
+    pub dz: &'a View,
+    /// [K·B, D]: ∂rec/∂(decoder output), scaled in place by each row's weight.
+    pub d_dec: &'a View,
+    /// [K·B, D] with a learned decoder variance.
+    pub d_dec_logvar: Option<&'a View>,
+}
+
+pub struct KSampleKernels {
+    terms: Kernel,
+    scale: Kernel,
+}
+
+/// `terms` runs after the ELBO rows, `scale` after it and before the backward.
+pub struct KSampleDispatches {
+    pub terms: Dispatch,
+    pub scale: Dispatch,
+    params: wgpu::Buffer,
+    value: TrainParams,
+}
+
+impl KSampleDispatches {
+    pub fn set_beta(&self, gpu: &Gpu, beta: f32) {
+        let p = TrainParams { beta, ..self.value };
+        gpu.queue
+            .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
+    }
+}
+
+impl KSampleKernels {
+    pub fn new(gpu: &Gpu, objective: Objective, learned_variance: bool) -> Result<Self> {
+        let src = compose("iwae.wgsl");
+        let name = format!("{objective:?}").to_lowercase();
+        Ok(Self {
+            terms: gpu.kernel(
+                &format!("k_samples.{name}"),
+                &src,
+                "train_terms",
+                TERMS_SLOTS,
+                &[("OBJECTIVE", objective.id())],
+            )?,
+            scale: gpu.kernel(
+                "k_samples.scale_rows",
+                &src,
+                "scale_rows",
+                SCALE_SLOTS,
+                &[("LEARNED_VARIANCE", learned_variance as u8 as f64)],
+            )?,
+        })
+    }
+
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        shape: KSampleShape,
+        beta: f32,
+        bufs: &KSampleBuffers<'_>,
+    ) -> Result<KSampleDispatches> {
+        let KSampleShape {
+            batch,
+            samples,
+            latent,
+            dim,
+        } = shape;
+        let (b, k, l, d) = (batch as u64, samples as u64, latent as u64, dim as u64);
+        let label = &self.terms.label;
+        for (name, v, need) in [
+            ("rec", bufs.rec, k * b),
+            ("z", bufs.z, k * b * l),
+            ("eps", bufs.eps, k * b * l),
+            ("mu", bufs.mu, b * l),
+            ("logvar", bufs.logvar, b * l),
+            ("weights", bufs.weights, k * b),
+            ("stats", bufs.stats, 3 * b),
+            ("dmu", bufs.dmu, b * l),
+            ("dlogvar", bufs.dlogvar, b * l),
+            ("dz", bufs.dz, k * b * l),
+            ("d_dec", bufs.d_dec, k * b * d),
+        ] {
+            check_len(label, name, v, need)?;
+        }
+        if let Some(v) = bufs.d_dec_logvar {
+            check_len(label, "d_dec_logvar", v, k * b * d)?;
+        }
+        let value = TrainParams {
+            batch,
+            samples,
+            latent,
+            dim,
+            beta,
+            _pad: [0; 3],
+        };
+        let params = gpu.uniform(label, &value);
+        let terms = gpu.dispatch(
+            &self.terms,
+            &[
+                Binding::Uniform(&params),
+                Binding::Storage(bufs.rec),
+                Binding::Storage(bufs.z),
+                Binding::Storage(bufs.eps),
+                Binding::Storage(bufs.logvar),
+                Binding::Storage(bufs.weights),
+                Binding::Storage(bufs.stats),
+                Binding::Storage(bufs.mu),
+                Binding::Storage(bufs.dmu),
+                Binding::Storage(bufs.dlogvar),
+                Binding::Storage(bufs.dz),
+            ],
+            gpu.grid_1d(batch.div_ceil(WG)),
+        )?;
+        let unused;
+        let d_dec_logvar = match bufs.d_dec_logvar {
+            Some(v) => v,
+            None => {
+                unused = gpu.zeros("k_samples.unused", 4)?;
+                &unused
+            }
+        };
+        let scale = gpu.dispatch(
+            &self.scale,
+            &[
+                Binding::Uniform(&params),
+                Binding::Storage(bufs.d_dec),
+                Binding::Storage(bufs.weights),
+                Binding::Storage(d_dec_logvar),
+            ],
+            gpu.grid_1d(samples * batch),
+        )?;
+        Ok(KSampleDispatches {
+            terms,
+            scale,
+            params,
+            value,
+        })
+    }
+}

@@ -71,7 +71,7 @@ impl<'g> Matmuls<'g> {
         }
         let names: Vec<&str> = candidates.iter().map(|v| v.name()).collect();
         let key = format!("matmul {layout:?} {m}x{n}x{k}");
-        let chosen = gpu.tuned(&key, &names, |name| {
+        let chosen = gpu.tuned(&key, &names, |name, give_up| {
             let v = candidates
                 .iter()
                 .copied()
@@ -86,7 +86,7 @@ impl<'g> Matmuls<'g> {
             let b = gpu.zeros("tune.b", k64 * n64)?;
             let c = gpu.zeros("tune.c", m64 * n64)?;
             let d = matmul.bind(gpu, m, n, k, &a, &b, &c, None, None)?;
-            gpu.time_dispatches(&[&d])
+            gpu.time_dispatches(&[&d], give_up)
         })?;
         Ok(candidates
             .into_iter()

@@ -10,6 +10,9 @@ use crate::kernels::batch::{BatchKernel, Gather};
 use crate::kernels::elbo::{
     Elbo, ElboDispatches, ElboInputs, ElboOutputs, ElboShape, RUNNING_LEN, Running,
 };
+use crate::kernels::iwae::{
+    KSampleBuffers, KSampleDispatches, KSampleKernels, KSampleShape, Objective,
+};
 use crate::kernels::matmul::{Layout, MatmulConfig};
 use crate::kernels::reduce::{ReduceKernels, SumOf};
 use crate::kernels::sample::{SampleShape, Sampler};
@@ -17,14 +20,17 @@ use crate::model::{DEC_LOGVAR, Dense, ParamLayout, VaeConfig};
 
 use super::forward::{Forward, Matmuls, Net, tensor};
 
-/// What a graph is built for: the batch size, the optimizer, the seed of its random streams, and
-/// whether the gather binarizes (with its own seed).
+/// What a graph is built for: the batch size, the optimizer, the seed of its random streams,
+/// whether the gather binarizes (with its own seed), and the objective with its sample count.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GraphOptions {
     pub batch: u32,
     pub adam: AdamConfig,
     pub seed: u64,
     pub binarize_seed: Option<u64>,
+    pub objective: Objective,
+    /// Posterior samples per example (K); with `Objective::Elbo` and K = 1 the plain step.
+    pub samples: u32,
 }
 
 /// The per-step scalars a submit depends on.
@@ -124,7 +130,7 @@ pub struct TrainGraph {
     pub grads: View,
     pub m1: View,
     pub m2: View,
-    /// The gathered batch [B, D] and the step's noise ε [B, L].
+    /// The gathered batch [B, D] (K copies with K samples) and the step's noise ε [K·B, L].
     pub x: View,
     pub eps: View,
     /// ELBO sums of the last step: (Σ total, Σ rec, Σ kl, B).
@@ -135,6 +141,8 @@ pub struct TrainGraph {
     gather: Gather,
     sampler: Sampler,
     elbo: ElboDispatches,
+    /// With K samples or the IWAE objective: the sample weighing (β lives in its uniform).
+    k_samples: Option<KSampleDispatches>,
     adam: AdamStep,
     /// Dispatches before Adam's (the gradient norm when clipping).
     pre_optimizer: Vec<Dispatch>,
@@ -160,7 +168,13 @@ impl TrainGraph {
             adam: adam_cfg,
             seed,
             binarize_seed,
+            objective,
+            samples,
         } = *opts;
+        let samples = samples.max(1);
+        // K samples or the IWAE bound: the decoder and loss run over K·B sample rows and
+        // `train_terms` weighs them (see shaders/iwae.wgsl).
+        let k_path = samples > 1 || objective == Objective::Iwae;
         let (pixels, items) = (&data.pixels, data.items);
         let align = gpu.limits.min_storage_buffer_offset_alignment as usize;
         if align > crate::model::ALIGN * 4 {
@@ -173,9 +187,10 @@ impl TrainGraph {
             });
         }
         let layout = ParamLayout::new(cfg);
-        check_fits(gpu, cfg, &layout, batch)?;
+        check_fits(gpu, cfg, &layout, batch.saturating_mul(samples))?;
         let layers = cfg.layers();
         let (b, d, l) = (batch as usize, cfg.input, cfg.latent);
+        let rows = b * samples as usize;
         let flat = |name: &str| gpu.zeros(name, layout.len as u64);
         let SharedState {
             params,
@@ -190,25 +205,33 @@ impl TrainGraph {
         let view = |v: &View, name: &str| tensor(v, &layout, name);
         let scratch = |name: &str, len: usize| gpu.zeros(name, len as u64);
         // Gradients with respect to each hidden layer's pre-activation.
-        let dpre_of = |layers: &[Dense]| -> Result<Vec<View>> {
+        let dpre_of = |layers: &[Dense], rows: usize| -> Result<Vec<View>> {
             layers
                 .iter()
-                .map(|d| scratch(&format!("{}.dpre", d.name), b * d.fan_out))
+                .map(|d| scratch(&format!("{}.dpre", d.name), rows * d.fan_out))
                 .collect()
         };
-        let (enc_dpre, dec_dpre) = (dpre_of(&layers.encoder)?, dpre_of(&layers.decoder)?);
-        let x = scratch("x", b * d)?;
+        let enc_dpre = dpre_of(&layers.encoder, b)?;
+        let dec_dpre = dpre_of(&layers.decoder, rows)?;
+        // The batch, repeated once per sample: the encoder reads the first copy, the loss all.
+        let x_rep = scratch("x", rows * d)?;
+        let x = x_rep.slice(0, (b * d) as u64);
         let (dmu, dlogvar, dz) = (
             scratch("dmu", b * l)?,
             scratch("dlogvar", b * l)?,
-            scratch("dz", b * l)?,
+            scratch("dz", rows * l)?,
         );
-        let (d_dec, d_dec_logvar) = (scratch("d_dec", b * d)?, scratch("d_dec_logvar", b * d)?);
-        let (stats, batch_stats) = (scratch("elbo.stats", 3 * b)?, scratch("elbo.batch", 4)?);
+        let (d_dec, d_dec_logvar) = (
+            scratch("d_dec", rows * d)?,
+            scratch("d_dec_logvar", rows * d)?,
+        );
+        let (stats, batch_stats) = (scratch("elbo.stats", 3 * rows)?, scratch("elbo.batch", 4)?);
+        // K samples: the per-example loss terms formed from the sample rows' `stats`.
+        let k_stats = scratch("k_samples.stats", 3 * b)?;
 
         let perm = gpu.upload("perm", &(0..items as u32).collect::<Vec<_>>())?;
-        let gather =
-            BatchKernel::new(gpu, binarize_seed)?.bind(gpu, batch, d as u32, pixels, &perm, &x)?;
+        let gather = BatchKernel::new(gpu, binarize_seed)?
+            .bind_repeated(gpu, batch, samples, d as u32, pixels, &perm, &x_rep)?;
         let sampler = Sampler::new(gpu, seed)?;
         let reduce = ReduceKernels::new(gpu)?;
         let mut mm = Matmuls::new(gpu);
@@ -219,7 +242,7 @@ impl TrainGraph {
             layout: &layout,
             params: &params,
         };
-        let fwd = Forward::build(&mut net, &x, b, 1, &sampler)?;
+        let fwd = Forward::build(&mut net, &x, b, samples, &sampler)?;
         let Forward {
             enc,
             mu,
@@ -233,13 +256,15 @@ impl TrainGraph {
         let shape = SampleShape {
             rows: batch,
             cols: l as u32,
-            samples: 1,
+            samples,
         };
 
         // Loss and its gradient with respect to the decoder output, μ and logσ².
         let learned = cfg.likelihood.learns_variance();
         let dec_logvar = learned.then(|| view(&params, DEC_LOGVAR));
-        let elbo = Elbo::new(gpu, cfg.likelihood)?.bind(
+        let elbo_kernel = Elbo::new(gpu, cfg.likelihood)?;
+        let d_dec_logvar_out = learned.then_some(&d_dec_logvar);
+        let elbo = elbo_kernel.bind(
             gpu,
             ElboShape {
                 batch,
@@ -256,21 +281,89 @@ impl TrainGraph {
                 logvar: &logvar,
             },
             &ElboOutputs {
-                stats: &stats,
+                stats: if k_path { &k_stats } else { &stats },
                 d_dec: &d_dec,
-                d_dec_logvar: learned.then_some(&d_dec_logvar),
+                d_dec_logvar: d_dec_logvar_out,
                 dmu: &dmu,
                 dlogvar: &dlogvar,
                 batch: &batch_stats,
                 running: &running,
             },
         )?;
-        ops.extend(elbo.dispatches().into_iter().cloned());
-        let loss_end = ops.len();
+        let mut k_samples = None;
+        if k_path {
+            // The reconstruction terms of all K·B sample rows; the KL slots get z and ε as
+            // stand-ins whose outputs are discarded: `train_terms` forms the latent terms.
+            let (ignored_dmu, ignored_dlogvar) =
+                (scratch("ignored", rows * l)?, scratch("ignored", rows * l)?);
+            let sample_rows = elbo_kernel.bind(
+                gpu,
+                ElboShape {
+                    batch: rows as u32,
+                    dim: d as u32,
+                    latent: l as u32,
+                },
+                1.0,
+                1.0,
+                &ElboInputs {
+                    x: &x_rep,
+                    dec: &logits,
+                    dec_logvar: dec_logvar.as_ref(),
+                    mu: &z,
+                    logvar: &eps,
+                },
+                &ElboOutputs {
+                    stats: &stats,
+                    d_dec: &d_dec,
+                    d_dec_logvar: d_dec_logvar_out,
+                    dmu: &ignored_dmu,
+                    dlogvar: &ignored_dlogvar,
+                    batch: &batch_stats,
+                    running: &running,
+                },
+            )?;
+            let weights = scratch("k_samples.weights", rows)?;
+            let k = KSampleKernels::new(gpu, objective, learned)?.bind(
+                gpu,
+                KSampleShape {
+                    batch,
+                    samples,
+                    latent: l as u32,
+                    dim: d as u32,
+                },
+                1.0,
+                &KSampleBuffers {
+                    rec: &stats,
+                    z: &z,
+                    eps: &eps,
+                    mu: &mu,
+                    logvar: &logvar,
+                    weights: &weights,
+                    stats: &k_stats,
+                    dmu: &dmu,
+                    dlogvar: &dlogvar,
+                    dz: &dz,
+                    d_dec: &d_dec,
+                    d_dec_logvar: d_dec_logvar_out,
+                },
+            )?;
+            // Rows, weights, then the per-example totals (the B-row binding's `batch_total`
+            // over `k_stats`; its own `rows` is never recorded).
+            ops.extend([
+                sample_rows.rows.clone(),
+                k.terms.clone(),
+                elbo.batch_total.clone(),
+                k.scale.clone(),
+            ]);
+            k_samples = Some(k);
+        } else {
+            ops.extend(elbo.dispatches().into_iter().cloned());
+        }
+        let loss_end = ops.len() - usize::from(k_path);
         if learned {
             ops.push(reduce.column_sums(
                 gpu,
-                batch,
+                rows as u32,
                 d as u32,
                 &d_dec_logvar,
                 &view(&grads, DEC_LOGVAR),
@@ -291,13 +384,13 @@ impl TrainGraph {
         };
         let param_grads = |mm: &mut Matmuls,
                            layer: &Dense,
-                           input: &View,
+                           (input, rows): (&View, usize),
                            dpre: &View,
                            ops: &mut Vec<Dispatch>|
          -> Result<()> {
             ops.push(mm.bind(
                 weight_grad,
-                (layer.fan_in, layer.fan_out, b),
+                (layer.fan_in, layer.fan_out, rows),
                 input,
                 dpre,
                 &view(&grads, &layer.weight()),
@@ -311,10 +404,11 @@ impl TrainGraph {
         let mut upper = &layers.out;
         for i in (0..=layers.decoder.len()).rev() {
             let input = if i == 0 { &z } else { &dec[i - 1].out };
-            param_grads(&mut mm, upper, input, &dpre, &mut ops)?;
+            param_grads(&mut mm, upper, (input, rows), &dpre, &mut ops)?;
             let w = view(&params, &upper.weight());
             let (target, cfg, aux) = if i == 0 {
-                (&dz, input_grad(None, false), None)
+                // With K samples dz already holds the latent terms' part.
+                (&dz, input_grad(None, k_path), None)
             } else {
                 (
                     &dec_dpre[i - 1],
@@ -324,7 +418,7 @@ impl TrainGraph {
             };
             ops.push(mm.bind(
                 cfg,
-                (b, upper.fan_in, upper.fan_out),
+                (rows, upper.fan_in, upper.fan_out),
                 &dpre,
                 &w,
                 target,
@@ -336,7 +430,7 @@ impl TrainGraph {
                 upper = &layers.decoder[i - 1];
             }
         }
-        // Through the sample into μ and logσ² (which hold the KL gradient already).
+        // Through the sample into μ and logσ² (which hold the latent terms' gradient already).
         ops.push(sampler.backward(gpu, shape, &dz, &eps, &logvar, &dmu, &dlogvar)?);
         // Heads, then the encoder.
         let top_input = if enc.is_empty() {
@@ -345,7 +439,7 @@ impl TrainGraph {
             &enc[enc.len() - 1].out
         };
         for (head, grad_in) in [(&layers.mu, &dmu), (&layers.logvar, &dlogvar)] {
-            param_grads(&mut mm, head, top_input, grad_in, &mut ops)?;
+            param_grads(&mut mm, head, (top_input, b), grad_in, &mut ops)?;
         }
         if let Some(last) = enc.last() {
             let act = layers.encoder.last().unwrap().act;
@@ -368,7 +462,7 @@ impl TrainGraph {
         for i in (0..layers.encoder.len()).rev() {
             let layer = &layers.encoder[i];
             let input = if i == 0 { &x } else { &enc[i - 1].out };
-            param_grads(&mut mm, layer, input, &enc_dpre[i], &mut ops)?;
+            param_grads(&mut mm, layer, (input, b), &enc_dpre[i], &mut ops)?;
             if i > 0 {
                 let w = view(&params, &layer.weight());
                 let cfg = input_grad(Some(layers.encoder[i - 1].act), false);
@@ -413,7 +507,7 @@ impl TrainGraph {
             grads,
             m1,
             m2,
-            x,
+            x: x_rep,
             eps,
             batch_stats,
             running,
@@ -421,6 +515,7 @@ impl TrainGraph {
             gather,
             sampler,
             elbo,
+            k_samples,
             adam,
             pre_optimizer: optimizer,
             loss_and_grads: ops,
@@ -465,6 +560,9 @@ impl TrainGraph {
         self.sampler.set_state(gpu, self.seed, s.step as u32);
         self.adam.prepare(gpu, s.step + 1, s.lr);
         self.elbo.set_beta(gpu, s.beta);
+        if let Some(k) = &self.k_samples {
+            k.set_beta(gpu, s.beta);
+        }
     }
 
     /// This graph's state, to share with another graph.

@@ -12,6 +12,7 @@ use crate::data::{Dataset, Pixels};
 use crate::gpu::{Gpu, Result, View};
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::batch::upload_pixels;
+use crate::kernels::iwae::Objective;
 use crate::model::VaeConfig;
 
 /// How pixels p ∈ [0, 1] become the model's targets.
@@ -67,6 +68,16 @@ pub struct TrainSettings {
     /// Read the loss back every this many steps.
     pub log_every: u64,
     pub binarize: Binarize,
+    /// Absent in checkpoints written before the K-sample objectives: the plain ELBO.
+    #[serde(default)]
+    pub objective: Objective,
+    /// Posterior samples per example (K).
+    #[serde(default = "one_sample")]
+    pub samples: u32,
+}
+
+fn one_sample() -> u32 {
+    1
 }
 
 impl TrainSettings {
@@ -82,6 +93,26 @@ impl TrainSettings {
     /// The seed of the gather's binarization draws (independent of the ε stream).
     pub fn binarize_seed(&self) -> Option<u64> {
         (self.binarize != Binarize::None).then_some(self.seed ^ 0xb1_4a41_2e00)
+    }
+
+    /// What the logged loss is: the negative ELBO, or the negative IWAE bound with its K.
+    pub fn loss_name(&self) -> String {
+        match self.objective {
+            Objective::Elbo => "-ELBO".into(),
+            Objective::Iwae => format!("-IWAE(k={})", self.samples),
+        }
+    }
+
+    /// The graph options of this run for batches of `batch` rows.
+    pub fn graph_options(&self, batch: u32, seed: u64) -> graph::GraphOptions {
+        graph::GraphOptions {
+            batch,
+            adam: self.adam,
+            seed,
+            binarize_seed: self.binarize_seed(),
+            objective: self.objective,
+            samples: self.samples,
+        }
     }
 }
 

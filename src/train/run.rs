@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 
 use super::checkpoint::{self, Checkpoint, Progress};
 use super::graph::SharedState;
-use super::{DeviceData, GraphOptions, StepInputs, TrainGraph, TrainSettings};
+use super::{DeviceData, StepInputs, TrainGraph, TrainSettings};
 use crate::data::DataSource;
 use crate::eval::pictures::EpochPictures;
 use crate::gpu::{AsyncReader, Gpu, Wait};
@@ -86,12 +86,7 @@ impl EpochGraphs {
         state: Option<&SharedState>,
     ) -> anyhow::Result<Self> {
         let batch = s.batch.min(data.items as u32);
-        let opts = |batch| GraphOptions {
-            batch,
-            adam: s.adam,
-            seed,
-            binarize_seed: s.binarize_seed(),
-        };
+        let opts = |batch| s.graph_options(batch, seed);
         let main = TrainGraph::new(gpu, &s.model, &opts(batch), data, state)?;
         let rest = data.items as u32 % batch;
         let tail = match rest {
@@ -575,8 +570,9 @@ pub fn train(
             "host_rss_bytes": host_rss_bytes(), "device_buffers": buffers,
             "device_buffer_bytes": buffer_bytes});
         writeln!(t.metrics, "{row}").context("writing metrics.jsonl")?;
+        let loss = s.loss_name();
         t.println(&format!(
-            "epoch {epoch:>3}: train -ELBO {:.2}  test -ELBO {}  ({:.2} s, {:.0} samples/s)",
+            "epoch {epoch:>3}: train {loss} {:.2}  test {loss} {}  ({:.2} s, {:.0} samples/s)",
             summary.train_loss,
             summary.test_loss.map_or("-".into(), |t| format!("{t:.2}")),
             seconds,

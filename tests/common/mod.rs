@@ -127,6 +127,8 @@ pub fn mlp_checkpoint(
         kl_warmup: 0,
         log_every: 50,
         binarize: Binarize::None,
+        objective: vae_wgpu::kernels::iwae::Objective::Elbo,
+        samples: 1,
     };
     let layout = ParamLayout::new(&settings.model);
     let fill = |kind: usize| {
