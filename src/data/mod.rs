@@ -1,4 +1,5 @@
-//! Datasets as people have them: IDX (MNIST-style, raw or gzip), CSV and NumPy `.npy`.
+//! Datasets as people have them: IDX (MNIST-style, raw or gzip), CSV, NumPy `.npy` and folders of
+//! PNG images.
 //!
 //! Every loader checks what a file claims against what it holds before trusting it, and every
 //! failure names the file and the problem.
@@ -6,6 +7,7 @@
 mod csv;
 mod idx;
 mod npy;
+mod png_dir;
 mod source;
 
 use std::io::{BufRead, BufReader, Read};
@@ -16,6 +18,7 @@ use thiserror::Error;
 pub use csv::load_csv;
 pub use idx::{load_idx, load_idx_pair};
 pub use npy::load_npy;
+pub use png_dir::{PngFolder, load_png_dir};
 pub use source::{DataSource, FASHION_MNIST_DIR, load_source, load_sources, shipped_mnist5k};
 
 #[derive(Debug, Error)]

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::idx::{Kind, images_from, parse, with_labels};
-use super::{Dataset, Input, Result, fail, load_csv, load_idx, load_idx_pair, load_npy};
+use super::{Dataset, Input, Result, fail, load_csv, load_idx, load_idx_pair, load_npy, png_dir};
 
 /// Where Debian's `dataset-fashion-mnist` package installs the full Fashion-MNIST.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -17,6 +17,9 @@ pub struct DataSource {
     pub name: String,
     pub train: Dataset,
     pub test: Option<Dataset>,
+    /// What each label means where the source says (a PNG folder's class subfolders: label `i`
+    /// is `classes[i]`); empty otherwise.
+    pub classes: Vec<String>,
 }
 
 /// The 5,000-image MNIST subset embedded in the binary (see `assets/README.md`), unsplit.
@@ -48,6 +51,16 @@ pub fn load_sources(data: &str, test_data: Option<&str>) -> Result<DataSource> {
             source.train = shipped_mnist5k()?;
         }
         let t = load_source(spec)?;
+        if !source.classes.is_empty() && !t.classes.is_empty() && t.classes != source.classes {
+            return fail(
+                Path::new(spec),
+                format!(
+                    "test classes {:?} differ from the training classes {:?}: the labels would \
+                     not mean the same",
+                    t.classes, source.classes
+                ),
+            );
+        }
         source.test = Some(t.test.unwrap_or(t.train));
         test_path = Path::new(spec);
     }
@@ -83,7 +96,8 @@ pub fn load_sources(data: &str, test_data: Option<&str>) -> Result<DataSource> {
 
 /// Resolves `--data`: `mnist5k` (the default; every 5th image held out as test, since the file
 /// is sorted by label), `fashion-mnist`, a directory holding MNIST-style `train-`/`t10k-` IDX
-/// files, or a single `.npy`, `.csv[.gz]` or IDX file.
+/// files or else PNG images (directly or in class subfolders; no test set), or a single `.npy`,
+/// `.csv[.gz]` or IDX file (no test set).
 pub fn load_source(spec: &str) -> Result<DataSource> {
     match spec {
         "mnist5k" => {
@@ -92,13 +106,14 @@ pub fn load_source(spec: &str) -> Result<DataSource> {
                 name: spec.into(),
                 train,
                 test: Some(test),
+                classes: Vec::new(),
             })
         }
         "fashion-mnist" | "fashion" => fashion_mnist(),
         path => {
             let path = Path::new(path);
             if path.is_dir() {
-                return load_dir(path);
+                return load_folder(path);
             }
             if !path.exists() {
                 return fail(
@@ -121,6 +136,7 @@ pub fn load_source(spec: &str) -> Result<DataSource> {
                 name: name.clone(),
                 train,
                 test: None,
+                classes: Vec::new(),
             })
         }
     }
@@ -152,15 +168,48 @@ fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// The `{prefix}-images-idx3-ubyte[.gz]` and `{prefix}-labels-idx1-ubyte[.gz]` files in `dir`,
+/// if both are there.
+fn idx_pair(dir: &Path, prefix: &str) -> Option<(PathBuf, PathBuf)> {
+    Some((
+        find(dir, &format!("{prefix}-images-idx3-ubyte"))?,
+        find(dir, &format!("{prefix}-labels-idx1-ubyte"))?,
+    ))
+}
+
+fn dir_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A directory given as `--data`: MNIST-style IDX files if it has the training pair, else the PNG
+/// images in it (directly or in class subfolders), else an error saying what was looked for.
+fn load_folder(dir: &Path) -> Result<DataSource> {
+    if idx_pair(dir, "train").is_some() {
+        return load_dir(dir);
+    }
+    let listing = png_dir::list(dir)?;
+    if listing.files.is_empty() {
+        return fail(
+            dir,
+            "no train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz] (MNIST-style IDX \
+             files) here, and no .png images, directly or in class subfolders",
+        );
+    }
+    let folder = png_dir::decode(dir, listing)?;
+    Ok(DataSource {
+        name: dir_name(dir),
+        train: folder.set,
+        test: None,
+        classes: folder.classes,
+    })
+}
+
 /// A directory in MNIST's layout: `train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`
 /// and optionally the `t10k-` pair.
 fn load_dir(dir: &Path) -> Result<DataSource> {
-    let pair = |prefix: &str| -> Option<(PathBuf, PathBuf)> {
-        Some((
-            find(dir, &format!("{prefix}-images-idx3-ubyte"))?,
-            find(dir, &format!("{prefix}-labels-idx1-ubyte"))?,
-        ))
-    };
+    let pair = |prefix: &str| idx_pair(dir, prefix);
     let Some((images, labels)) = pair("train") else {
         return fail(
             dir,
@@ -171,9 +220,10 @@ fn load_dir(dir: &Path) -> Result<DataSource> {
     let test = pair("t10k")
         .map(|(i, l)| load_idx_pair(&i, &l))
         .transpose()?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(DataSource { name, train, test })
+    Ok(DataSource {
+        name: dir_name(dir),
+        train,
+        test,
+        classes: Vec::new(),
+    })
 }
