@@ -140,3 +140,50 @@ fn picture_commands_write_the_stated_grids() {
         );
     }
 }
+
+/// Items are drawn in their own shape: [H, W] grayscale of any aspect, [H, W, 3] colour (RGB
+/// PNG, channels interleaved), flat square counts as square grayscale; other shapes are refused.
+#[test]
+fn grids_follow_the_item_shape() {
+    use vae_wgpu::eval::pictures::{ImageShape, write_grid};
+    let gray = ImageShape::of(&[6, 8], 48).unwrap();
+    assert_eq!((gray.height, gray.width, gray.channels), (6, 8, 1));
+    let rgb = ImageShape::of(&[4, 5, 3], 60).unwrap();
+    assert_eq!((rgb.height, rgb.width, rgb.channels), (4, 5, 3));
+    let flat = ImageShape::of(&[784], 784).unwrap();
+    assert_eq!((flat.height, flat.width, flat.channels), (28, 28, 1));
+    assert_eq!(ImageShape::of(&[], 49).unwrap().width, 7);
+    assert!(ImageShape::of(&[50], 50).is_none(), "not a square");
+    assert!(ImageShape::of(&[2, 3, 4], 24).is_none(), "4 channels");
+    assert!(ImageShape::of(&[12, 9, 3], 324).is_some());
+    assert!(ImageShape::of(&[6, 8], 49).is_none(), "shape and pixel count disagree");
+
+    let dir = tempfile::tempdir().unwrap();
+    // Two colour tiles: the first pure red, the second a horizontal ramp in green.
+    let mut images = Vec::new();
+    for _ in 0..rgb.height * rgb.width {
+        images.extend([1.0f32, 0.0, 0.0]);
+    }
+    for _ in 0..rgb.height {
+        for x in 0..rgb.width {
+            images.extend([0.0f32, x as f32 / 4.0, 0.0]);
+        }
+    }
+    let path = dir.path().join("rgb.png");
+    let (w, h) = write_grid(&path, &images, rgb, 2).unwrap();
+    assert_eq!((w, h), (2 * (5 + 2) + 2, 4 + 4));
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let at = |x: usize, y: usize| {
+        let i = (y * w as usize + x) * 3;
+        [buf[i], buf[i + 1], buf[i + 2]]
+    };
+    assert_eq!(at(2, 2), [255, 0, 0], "first tile, top-left");
+    assert_eq!(at(2 + 4, 2 + 3), [255, 0, 0], "first tile, bottom-right");
+    assert_eq!(at(9, 2), [0, 0, 0], "second tile, x = 0");
+    assert_eq!(at(9 + 4, 5), [0, 255, 0], "second tile, x = 4");
+    assert_eq!(at(0, 0), [40, 40, 40], "the gap");
+}

@@ -10,7 +10,7 @@ use super::DeviceArgs;
 use crate::cpu::philox::StreamPos;
 use crate::cpu::sample::normals;
 use crate::data::Dataset;
-use crate::eval::pictures::{Codec, slerp, square_side, write_grid};
+use crate::eval::pictures::{Codec, ImageShape, slerp, write_grid};
 use crate::eval::plots::{Curve, Panel, first_two_components, line_panels, scatter};
 use crate::gpu::Gpu;
 use crate::train::DeviceData;
@@ -89,19 +89,16 @@ struct Loaded {
     set: Dataset,
     gpu: Gpu,
     codec: Codec,
-    side: usize,
+    shape: ImageShape,
 }
 
 fn load(args: &PictureArgs) -> anyhow::Result<Loaded> {
     let ckpt = Checkpoint::load(&args.run.join(checkpoint::FILE))?;
     let s = &ckpt.settings;
-    let Some(side) = square_side(s.model.input) else {
-        bail!(
-            "the model's items have {} pixels: pictures need square images",
-            s.model.input
-        );
-    };
     let (_, set) = super::run_data(args.data.as_deref(), s, false)?;
+    let Some(shape) = ImageShape::of(&set.item_shape, s.model.input) else {
+        bail!("{}", ImageShape::refusal(&set.item_shape, s.model.input));
+    };
     let gpu = Gpu::new(&args.device.request())?;
     let data = DeviceData::upload(&gpu, "picture pixels", &set)?;
     let params = gpu.upload("params", &ckpt.params)?;
@@ -111,7 +108,7 @@ fn load(args: &PictureArgs) -> anyhow::Result<Loaded> {
         set,
         gpu,
         codec,
-        side,
+        shape,
     })
 }
 
@@ -144,7 +141,7 @@ impl Loaded {
         cols: usize,
     ) -> anyhow::Result<()> {
         let path = args.out.clone().unwrap_or_else(|| args.run.join(default));
-        let (w, h) = write_grid(&path, images, self.side, cols)
+        let (w, h) = write_grid(&path, images, self.shape, cols)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {} ({w}×{h})", path.display());
         Ok(())

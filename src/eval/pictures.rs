@@ -118,41 +118,103 @@ impl Codec {
     }
 }
 
-/// Side of a square image of `pixels` pixels, if it is one.
-pub fn square_side(pixels: usize) -> Option<usize> {
-    let s = (pixels as f64).sqrt().round() as usize;
-    (s * s == pixels).then_some(s)
+/// How an item's pixels form a picture: row-major, channels interleaved (1 grayscale, 3 RGB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageShape {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
 }
 
-/// A grayscale grid of square images [n, side²] in [0, 1], `cols` per row, 2-pixel gaps, as an
-/// 8-bit PNG. Returns (width, height).
+impl ImageShape {
+    /// The picture of items of `item_shape` (the loader's shape) and `pixels` values: [H, W],
+    /// [H, W, 1] or [H, W, 3]; a flat or unknown shape is a square grayscale image when `pixels`
+    /// is a square. `None` when the items are not pictures we can draw.
+    pub fn of(item_shape: &[usize], pixels: usize) -> Option<Self> {
+        let shape = match *item_shape {
+            [height, width] | [height, width, 1] => Self {
+                height,
+                width,
+                channels: 1,
+            },
+            [height, width, 3] => Self {
+                height,
+                width,
+                channels: 3,
+            },
+            [] | [_] => {
+                let side = (pixels as f64).sqrt().round() as usize;
+                Self {
+                    height: side,
+                    width: side,
+                    channels: 1,
+                }
+            }
+            _ => return None,
+        };
+        (shape.len() == pixels && pixels > 0).then_some(shape)
+    }
+
+    /// Values per item.
+    pub fn len(&self) -> usize {
+        self.height * self.width * self.channels
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What `vae` says when items are not pictures.
+    pub fn refusal(item_shape: &[usize], pixels: usize) -> String {
+        format!(
+            "the items have shape {item_shape:?} ({pixels} values): pictures need [H, W] \
+             grayscale or [H, W, 3] colour images, or a square number of grayscale pixels"
+        )
+    }
+}
+
+/// A grid of images [n, H·W·C] in [0, 1], `cols` per row, 2-pixel gaps, as an 8-bit grayscale or
+/// RGB PNG. Returns (width, height).
 pub fn write_grid(
     path: &Path,
     images: &[f32],
-    side: usize,
+    shape: ImageShape,
     cols: usize,
 ) -> std::io::Result<(u32, u32)> {
-    let per = side * side;
+    let ImageShape {
+        height,
+        width,
+        channels,
+    } = shape;
+    let per = shape.len();
     let n = images.len() / per;
     let rows = n.div_ceil(cols);
     let gap = 2;
-    let (w, h) = (cols * (side + gap) + gap, rows * (side + gap) + gap);
-    let mut pixels = vec![40u8; w * h];
+    let (w, h) = (
+        cols * (width + gap) + gap,
+        rows * (height + gap) + gap,
+    );
+    let mut pixels = vec![40u8; w * h * channels];
     for i in 0..n {
         let (ox, oy) = (
-            gap + (i % cols) * (side + gap),
-            gap + (i / cols) * (side + gap),
+            gap + (i % cols) * (width + gap),
+            gap + (i / cols) * (height + gap),
         );
-        for y in 0..side {
-            for x in 0..side {
-                let v = images[i * per + y * side + x].clamp(0.0, 1.0);
-                pixels[(oy + y) * w + ox + x] = (v * 255.0).round() as u8;
+        for y in 0..height {
+            let src = &images[i * per + y * width * channels..][..width * channels];
+            let dst = ((oy + y) * w + ox) * channels;
+            for (d, v) in pixels[dst..dst + width * channels].iter_mut().zip(src) {
+                *d = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
             }
         }
     }
     let file = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut enc = png::Encoder::new(file, w as u32, h as u32);
-    enc.set_color(png::ColorType::Grayscale);
+    enc.set_color(if channels == 3 {
+        png::ColorType::Rgb
+    } else {
+        png::ColorType::Grayscale
+    });
     enc.set_depth(png::BitDepth::Eight);
     let mut writer = enc.write_header().map_err(std::io::Error::other)?;
     writer
@@ -185,22 +247,23 @@ pub fn slerp(a: &[f32], b: &[f32], t: f32) -> Vec<f32> {
 /// z each epoch, so progress is visible) and 16 items above their reconstructions.
 pub struct EpochPictures {
     codec: Codec,
-    side: usize,
+    shape: ImageShape,
     input: usize,
     z: Vec<f32>,
     items: Vec<u32>,
 }
 
 impl EpochPictures {
-    /// `None` when the items are not square images.
+    /// `None` when the items (of `item_shape`) are not pictures.
     pub fn new(
         gpu: &Gpu,
         cfg: &VaeConfig,
         params: &View,
         data: &DeviceData,
+        item_shape: &[usize],
         seed: u64,
     ) -> Result<Option<Self>> {
-        let Some(side) = square_side(cfg.input) else {
+        let Some(shape) = ImageShape::of(item_shape, cfg.input) else {
             return Ok(None);
         };
         let pos = crate::cpu::philox::StreamPos {
@@ -219,7 +282,7 @@ impl EpochPictures {
             .collect();
         Ok(Some(Self {
             codec: Codec::new(gpu, cfg, params, data, 64)?,
-            side,
+            shape,
             input: cfg.input,
             z,
             items,
@@ -230,7 +293,7 @@ impl EpochPictures {
     pub fn write(&self, gpu: &Gpu, dir: &Path) -> std::result::Result<(), String> {
         let fail = |e: &dyn std::fmt::Display| e.to_string();
         let samples = self.codec.decode(gpu, &self.z).map_err(|e| fail(&e))?;
-        write_grid(&dir.join("samples.png"), &samples, self.side, 8).map_err(|e| fail(&e))?;
+        write_grid(&dir.join("samples.png"), &samples, self.shape, 8).map_err(|e| fail(&e))?;
         let mu = self.codec.encode(gpu, &self.items).map_err(|e| fail(&e))?;
         let mut grid = self
             .codec
@@ -239,7 +302,7 @@ impl EpochPictures {
         grid.extend(self.codec.decode(gpu, &mu).map_err(|e| fail(&e))?);
         let cols = self.items.len();
         debug_assert_eq!(grid.len(), 2 * cols * self.input);
-        write_grid(&dir.join("reconstructions.png"), &grid, self.side, cols)
+        write_grid(&dir.join("reconstructions.png"), &grid, self.shape, cols)
             .map_err(|e| fail(&e))?;
         Ok(())
     }

@@ -463,9 +463,10 @@ pub fn train(
         }
         None => None,
     };
+    let item_shape = &source.train.item_shape;
     let pictures = match &test {
-        Some((data, _)) => EpochPictures::new(gpu, &s.model, &g.params, data, s.seed)?,
-        None => EpochPictures::new(gpu, &s.model, &g.params, &train_data, s.seed)?,
+        Some((data, _)) => EpochPictures::new(gpu, &s.model, &g.params, data, item_shape, s.seed)?,
+        None => EpochPictures::new(gpu, &s.model, &g.params, &train_data, item_shape, s.seed)?,
     };
     let steps_per_epoch = graphs.steps();
     let reader = AsyncReader::new(&g.running);
