@@ -37,6 +37,7 @@ fn settings() -> TrainSettings {
         binarize: Binarize::Dynamic,
         objective: vae_wgpu::kernels::iwae::Objective::Iwae,
         samples: 7,
+        lr_schedule: vae_wgpu::train::LrSchedule::Iwae { scale: 0.25 },
     }
 }
 

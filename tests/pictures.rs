@@ -156,7 +156,10 @@ fn grids_follow_the_item_shape() {
     assert!(ImageShape::of(&[50], 50).is_none(), "not a square");
     assert!(ImageShape::of(&[2, 3, 4], 24).is_none(), "4 channels");
     assert!(ImageShape::of(&[12, 9, 3], 324).is_some());
-    assert!(ImageShape::of(&[6, 8], 49).is_none(), "shape and pixel count disagree");
+    assert!(
+        ImageShape::of(&[6, 8], 49).is_none(),
+        "shape and pixel count disagree"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     // Two colour tiles: the first pure red, the second a horizontal ramp in green.

@@ -505,7 +505,7 @@ pub fn train(
             let inputs = StepInputs {
                 first,
                 step: t.progress.step,
-                lr: s.adam.lr,
+                lr: s.lr_at(epoch),
                 beta: beta as f32,
                 draw,
             };

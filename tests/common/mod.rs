@@ -129,6 +129,7 @@ pub fn mlp_checkpoint(
         binarize: Binarize::None,
         objective: vae_wgpu::kernels::iwae::Objective::Elbo,
         samples: 1,
+        lr_schedule: vae_wgpu::train::LrSchedule::Constant,
     };
     let layout = ParamLayout::new(&settings.model);
     let fill = |kind: usize| {
