@@ -190,10 +190,7 @@ pub fn write_grid(
     let n = images.len() / per;
     let rows = n.div_ceil(cols);
     let gap = 2;
-    let (w, h) = (
-        cols * (width + gap) + gap,
-        rows * (height + gap) + gap,
-    );
+    let (w, h) = (cols * (width + gap) + gap, rows * (height + gap) + gap);
     let mut pixels = vec![40u8; w * h * channels];
     for i in 0..n {
         let (ox, oy) = (
