@@ -4,6 +4,7 @@ pub mod activation;
 pub mod adam;
 pub mod batch;
 pub mod elbo;
+pub mod gauss_kl;
 pub mod iwae;
 pub mod matmul;
 pub mod philox;

@@ -5,6 +5,7 @@ pub mod activation;
 pub mod adam;
 pub mod batch;
 pub mod elbo;
+pub mod gauss_kl;
 pub mod iwae;
 pub mod matmul;
 pub mod reduce;
@@ -20,6 +21,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("adam.wgsl", include_str!("../../shaders/adam.wgsl")),
     ("batch.wgsl", include_str!("../../shaders/batch.wgsl")),
     ("elbo.wgsl", include_str!("../../shaders/elbo.wgsl")),
+    ("gauss_kl.wgsl", include_str!("../../shaders/gauss_kl.wgsl")),
     ("iwae.wgsl", include_str!("../../shaders/iwae.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     (
@@ -87,6 +89,10 @@ pub const MODULES: &[ModuleSpec] = &[
     },
     ModuleSpec {
         family: "elbo.wgsl",
+        needs_subgroups: false,
+    },
+    ModuleSpec {
+        family: "gauss_kl.wgsl",
         needs_subgroups: false,
     },
     ModuleSpec {
