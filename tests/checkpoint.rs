@@ -22,6 +22,7 @@ fn settings() -> TrainSettings {
             latent: 3,
             act: Activation::Tanh,
             likelihood: Likelihood::GaussianLearned { shared: true },
+            upper: Vec::new(),
         },
         epochs: 4,
         batch: 9,

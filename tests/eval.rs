@@ -27,6 +27,7 @@ fn model() -> (VaeConfig, ParamLayout, Vec<f32>) {
         latent: 1,
         act: Activation::Tanh,
         likelihood: Likelihood::Bernoulli,
+        upper: Vec::new(),
     };
     let layout = ParamLayout::new(&cfg);
     // PyTorch's init, scaled up so the decoder depends strongly on z and q(z|x) is far from

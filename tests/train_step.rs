@@ -75,6 +75,7 @@ fn gpu_step_matches_cpu_reference() {
                 latent: 5,
                 act,
                 likelihood,
+                upper: Vec::new(),
             };
             let (batch, items) = (7u32, 13usize);
             let mut rng = Lcg(5);
@@ -184,6 +185,7 @@ fn k_sample_step_matches_cpu_reference() {
                 latent: 5,
                 act: Activation::Tanh,
                 likelihood,
+                upper: Vec::new(),
             };
             let (batch, items) = (7u32, 13usize);
             let mut rng = Lcg(6);
@@ -255,4 +257,39 @@ fn k_sample_step_matches_cpu_reference() {
             }
         }
     }
+}
+
+/// Hierarchical configurations have no device graph yet: a clear error, never a silent
+/// one-layer run.
+#[test]
+fn a_hierarchical_model_is_refused_by_the_device_graph() {
+    let gpu = all_gpus().remove(0);
+    let cfg = VaeConfig {
+        input: 12,
+        hidden: vec![8],
+        latent: 4,
+        act: Activation::Tanh,
+        likelihood: Likelihood::Bernoulli,
+        upper: vec![vae_wgpu::model::Stage {
+            hidden: vec![4],
+            latent: 2,
+        }],
+    };
+    let data = DeviceData {
+        pixels: upload_pixels(&gpu, "pixels", &[1u8; 12 * 4]).unwrap(),
+        items: 4,
+        dim: 12,
+    };
+    let opts = GraphOptions {
+        batch: 2,
+        adam: AdamConfig::default(),
+        seed: 1,
+        binarize_seed: None,
+        objective: Objective::Elbo,
+        samples: 1,
+    };
+    let err = TrainGraph::new(&gpu, &cfg, &opts, &data, None)
+        .err()
+        .expect("must be refused");
+    assert!(err.to_string().contains("2 stochastic layers"), "{err}");
 }

@@ -131,6 +131,7 @@ fn a_training_graph_tunes_its_kernels() {
             latent: 3,
             act: Activation::Relu,
             likelihood: Likelihood::Bernoulli,
+            upper: Vec::new(),
         };
         let data = DeviceData {
             pixels: upload_pixels(&gpu, "pixels", &[7u8; 300 * 40]).unwrap(),

@@ -25,6 +25,7 @@ fn reference_gradient_matches_finite_differences() {
                 latent: 3,
                 act,
                 likelihood,
+                upper: Vec::new(),
             };
             let layout = ParamLayout::new(&cfg);
             let mut p: Vec<f64> = init_params(&cfg, &layout, 3)
@@ -100,6 +101,7 @@ fn k_sample_gradients_match_finite_differences() {
                 latent: 3,
                 act: Activation::Tanh,
                 likelihood,
+                upper: Vec::new(),
             };
             let layout = ParamLayout::new(&cfg);
             let p: Vec<f64> = init_params(&cfg, &layout, 4)
@@ -163,6 +165,7 @@ fn iwae_with_one_sample_is_the_elbo_with_a_sampled_kl() {
         latent: 3,
         act: Activation::Relu,
         likelihood: Likelihood::Bernoulli,
+        upper: Vec::new(),
     };
     let layout = ParamLayout::new(&cfg);
     let p: Vec<f64> = init_params(&cfg, &layout, 9)
@@ -226,6 +229,122 @@ fn iwae_with_one_sample_is_the_elbo_with_a_sampled_kl() {
             (fd - iwae.grads[i]).abs() <= 1e-5 * (1.0 + fd.abs()),
             "param {i}: IWAE K=1 gradient {} vs sampled-KL ELBO {fd}",
             iwae.grads[i]
+        );
+    }
+}
+
+/// The hierarchical reference (`cpu::hvae`): gradients against finite differences for two and
+/// three stochastic layers, both objectives, K = 1 and 3; with one layer and IWAE it is exactly
+/// `vae::step_k` (the same log-weights, formed another way).
+#[test]
+fn hierarchical_gradients_match_finite_differences() {
+    use vae_wgpu::cpu::hvae;
+    use vae_wgpu::model::Stage;
+    let stages = [
+        vec![Stage {
+            hidden: vec![4],
+            latent: 2,
+        }],
+        vec![
+            Stage {
+                hidden: vec![4],
+                latent: 3,
+            },
+            Stage {
+                hidden: vec![],
+                latent: 2,
+            },
+        ],
+    ];
+    let cases = [
+        (Likelihood::Bernoulli, Objective::Iwae, 3),
+        (Likelihood::Bernoulli, Objective::Elbo, 1),
+        (
+            Likelihood::GaussianLearned { shared: true },
+            Objective::Iwae,
+            1,
+        ),
+        (Likelihood::Gaussian { sigma: 0.7 }, Objective::Elbo, 3),
+    ];
+    for upper in &stages {
+        for (likelihood, objective, k) in cases {
+            let cfg = VaeConfig {
+                input: 5,
+                hidden: vec![4],
+                latent: 3,
+                act: Activation::Tanh,
+                likelihood,
+                upper: upper.clone(),
+            };
+            let layout = ParamLayout::new(&cfg);
+            let p: Vec<f64> = init_params(&cfg, &layout, 5)
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let mut rng = Lcg(31);
+            let batch = 2;
+            let x: Vec<f64> = (0..batch * cfg.input).map(|_| rng.next_f64()).collect();
+            let n_eps: usize = cfg.latents().iter().sum::<usize>() * k * batch;
+            let eps: Vec<f64> = (0..n_eps).map(|_| rng.uniform(-2.0, 2.0)).collect();
+            let beta = 0.9;
+            let r = hvae::step(&cfg, &layout, &p, &x, &eps, objective, beta);
+            assert!(r.total.is_finite() && r.rec > 0.0, "{r:?}");
+            let h = 1e-6;
+            let mut checked = 0;
+            for t in &layout.tensors {
+                for i in t.offset..t.offset + t.len() {
+                    let f = |delta: f64| {
+                        let mut q = p.clone();
+                        q[i] += delta;
+                        hvae::step(&cfg, &layout, &q, &x, &eps, objective, beta).total
+                    };
+                    let fd = (f(h) - f(-h)) / (2.0 * h);
+                    assert!(
+                        (fd - r.grads[i]).abs() <= 1e-5 * (1.0 + fd.abs()),
+                        "{} layers {likelihood:?} {objective:?} K={k} {}[{}]: analytic {} vs \
+                         finite difference {fd}",
+                        upper.len() + 1,
+                        t.name,
+                        i - t.offset,
+                        r.grads[i]
+                    );
+                    checked += 1;
+                }
+            }
+            assert_eq!(checked, layout.count());
+        }
+    }
+    // One layer: the hierarchy's IWAE loss and gradient are step_k's.
+    let cfg = VaeConfig {
+        input: 5,
+        hidden: vec![4],
+        latent: 3,
+        act: Activation::Tanh,
+        likelihood: Likelihood::Bernoulli,
+        upper: Vec::new(),
+    };
+    let layout = ParamLayout::new(&cfg);
+    let p: Vec<f64> = init_params(&cfg, &layout, 6)
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let mut rng = Lcg(2);
+    let x: Vec<f64> = (0..3 * cfg.input).map(|_| rng.next_f64()).collect();
+    let eps: Vec<f64> = (0..4 * 3 * cfg.latent)
+        .map(|_| rng.uniform(-2.0, 2.0))
+        .collect();
+    let a = hvae::step(&cfg, &layout, &p, &x, &eps, Objective::Iwae, 0.7);
+    let b = vae::step_k(&cfg, &layout, &p, &x, &eps, Objective::Iwae, 0.7);
+    assert!(
+        (a.total - b.total).abs() <= 1e-12 * b.total.abs(),
+        "{} vs {}",
+        a.total,
+        b.total
+    );
+    for (i, (ga, gb)) in a.grads.iter().zip(&b.grads).enumerate() {
+        assert!(
+            (ga - gb).abs() <= 1e-10 * (1.0 + gb.abs()),
+            "param {i}: {ga} vs {gb}"
         );
     }
 }

@@ -55,6 +55,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         latent: args.latent,
         act: Activation::Relu,
         likelihood: Likelihood::Bernoulli,
+        upper: Vec::new(),
     };
     let items = source.train.len;
     if (items as u64) < args.batch as u64 {

@@ -224,6 +224,7 @@ impl TrainArgs {
                 latent: self.latent,
                 act: self.activation,
                 likelihood,
+                upper: Vec::new(),
             },
             epochs: self.epochs.unwrap_or(10),
             batch: self.batch,

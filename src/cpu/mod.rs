@@ -5,6 +5,7 @@ pub mod adam;
 pub mod batch;
 pub mod elbo;
 pub mod gauss_kl;
+pub mod hvae;
 pub mod iwae;
 pub mod matmul;
 pub mod philox;

@@ -17,13 +17,13 @@ pub struct StepResult {
     pub grads: Vec<f64>,
 }
 
-fn tensor<'a>(layout: &ParamLayout, flat: &'a [f64], name: &str) -> &'a [f64] {
+pub(crate) fn tensor<'a>(layout: &ParamLayout, flat: &'a [f64], name: &str) -> &'a [f64] {
     let t = layout.get(name);
     &flat[t.offset..t.offset + t.len()]
 }
 
 /// `act(x·W + b)` for a batch; returns (pre-activation, output).
-fn dense_forward(
+pub(crate) fn dense_forward(
     d: &Dense,
     layout: &ParamLayout,
     p: &[f64],
@@ -47,7 +47,7 @@ fn dense_forward(
 }
 
 /// Writes dW = xᵀ·dpre and db = Σ_rows dpre into `grads`; returns dx = dpre·Wᵀ.
-fn dense_backward(
+pub(crate) fn dense_backward(
     d: &Dense,
     layout: &ParamLayout,
     p: &[f64],
@@ -73,7 +73,7 @@ fn dense_backward(
 }
 
 /// dpre = dy ⊙ act'(pre).
-fn through_activation(d: &Dense, dy: &[f64], pre: &[f64]) -> Vec<f64> {
+pub(crate) fn through_activation(d: &Dense, dy: &[f64], pre: &[f64]) -> Vec<f64> {
     dy.iter()
         .zip(pre)
         .map(|(g, &x)| g * activation::derivative(d.act, x))

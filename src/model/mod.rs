@@ -17,6 +17,30 @@ pub struct VaeConfig {
     pub latent: usize,
     pub act: Activation,
     pub likelihood: Likelihood,
+    /// Stochastic layers above the first, bottom-up (a Markov hierarchy; empty: one layer).
+    #[serde(default)]
+    pub upper: Vec<Stage>,
+}
+
+/// One more stochastic layer z_l of `latent` units: inferred from z_{l−1} through `hidden`
+/// deterministic layers, and generating z_{l−1} through the same widths reversed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Stage {
+    pub hidden: Vec<usize>,
+    pub latent: usize,
+}
+
+/// The layers of an upper stage l (named `enc{l}.*` and `dec{l}.*`, l = 2, 3, …).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageLayers {
+    /// q(z_l | z_{l−1}): z_{l−1} → hidden → (μ, logσ²) of z_l.
+    pub q_hidden: Vec<Dense>,
+    pub q_mu: Dense,
+    pub q_logvar: Dense,
+    /// p(z_{l−1} | z_l): z_l → hidden reversed → (μ, logσ²) of z_{l−1}.
+    pub p_hidden: Vec<Dense>,
+    pub p_mu: Dense,
+    pub p_logvar: Dense,
 }
 
 /// One dense layer `y = act(x·W + b)`.
@@ -48,6 +72,30 @@ pub struct Layers {
     pub decoder: Vec<Dense>,
     /// hidden[0] → input, no activation (logits or means).
     pub out: Dense,
+    /// The stochastic layers above z_1, bottom-up.
+    pub upper: Vec<StageLayers>,
+}
+
+/// `dims[0] → dims[1] → …`, each with `act`, named `{prefix}.{i}`.
+fn chain(prefix: &str, dims: &[usize], act: Activation) -> Vec<Dense> {
+    dims.windows(2)
+        .enumerate()
+        .map(|(i, w)| Dense {
+            name: format!("{prefix}.{i}"),
+            fan_in: w[0],
+            fan_out: w[1],
+            act,
+        })
+        .collect()
+}
+
+fn head(name: String, fan_in: usize, fan_out: usize) -> Dense {
+    Dense {
+        name,
+        fan_in,
+        fan_out,
+        act: Activation::Identity,
+    }
 }
 
 impl VaeConfig {
@@ -84,7 +132,52 @@ impl VaeConfig {
                 self.input,
                 Activation::Identity,
             ),
+            upper: self.stage_layers(),
         }
+    }
+
+    fn stage_layers(&self) -> Vec<StageLayers> {
+        let mut below = self.latent;
+        self.upper
+            .iter()
+            .enumerate()
+            .map(|(i, st)| {
+                let l = i + 2;
+                let mut q_dims = vec![below];
+                q_dims.extend(&st.hidden);
+                let mut p_dims = vec![st.latent];
+                p_dims.extend(st.hidden.iter().rev());
+                let (q_top, p_top) = (*q_dims.last().unwrap(), *p_dims.last().unwrap());
+                let layers = StageLayers {
+                    q_hidden: chain(&format!("enc{l}"), &q_dims, self.act),
+                    q_mu: head(format!("enc{l}.mu"), q_top, st.latent),
+                    q_logvar: head(format!("enc{l}.logvar"), q_top, st.latent),
+                    p_hidden: chain(&format!("dec{l}"), &p_dims, self.act),
+                    p_mu: head(format!("dec{l}.mu"), p_top, below),
+                    p_logvar: head(format!("dec{l}.logvar"), p_top, below),
+                };
+                below = st.latent;
+                layers
+            })
+            .collect()
+    }
+
+    /// Latent units of every stochastic layer, bottom-up.
+    pub fn latents(&self) -> Vec<usize> {
+        std::iter::once(self.latent)
+            .chain(self.upper.iter().map(|s| s.latent))
+            .collect()
+    }
+}
+
+impl StageLayers {
+    pub fn all(&self) -> Vec<&Dense> {
+        self.q_hidden
+            .iter()
+            .chain([&self.q_mu, &self.q_logvar])
+            .chain(&self.p_hidden)
+            .chain([&self.p_mu, &self.p_logvar])
+            .collect()
     }
 }
 
@@ -95,6 +188,7 @@ impl Layers {
             .chain([&self.mu, &self.logvar])
             .chain(&self.decoder)
             .chain([&self.out])
+            .chain(self.upper.iter().flat_map(StageLayers::all))
             .collect()
     }
 }

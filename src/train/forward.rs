@@ -211,7 +211,23 @@ impl Net<'_, '_> {
 
 impl Net<'_, '_> {
     /// Records the encoder on `x` ([rows, D]).
+    /// Hierarchical models have a CPU reference (`cpu::hvae`) but no device graph yet: refuse
+    /// them rather than silently run their first layer alone.
+    fn check_single_layer(&self) -> Result<()> {
+        if self.cfg.upper.is_empty() {
+            return Ok(());
+        }
+        Err(crate::gpu::GpuError::Shape {
+            kernel: "vae graph".into(),
+            reason: format!(
+                "{} stochastic layers: the device graphs run one stochastic layer so far",
+                self.cfg.upper.len() + 1
+            ),
+        })
+    }
+
     pub(crate) fn encode(&mut self, x: &View, rows: usize) -> Result<Encoded> {
+        self.check_single_layer()?;
         let layers = self.cfg.layers();
         let mut dispatches = Vec::new();
         let (enc, top) = self.stack(&layers.encoder, x, rows, &mut dispatches)?;
@@ -233,6 +249,7 @@ impl Net<'_, '_> {
 
     /// Records the decoder on `z` ([rows, L]).
     pub(crate) fn decode(&mut self, z: &View, rows: usize) -> Result<Decoded> {
+        self.check_single_layer()?;
         let layers = self.cfg.layers();
         let mut dispatches = Vec::new();
         let (dec, last) = self.stack(&layers.decoder, z, rows, &mut dispatches)?;

@@ -118,6 +118,7 @@ pub fn mlp_checkpoint(
             latent,
             act: Activation::Relu,
             likelihood: Likelihood::Bernoulli,
+            upper: Vec::new(),
         },
         epochs: 10,
         batch: 128,
