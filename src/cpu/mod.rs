@@ -3,6 +3,7 @@
 pub mod activation;
 pub mod adam;
 pub mod batch;
+pub mod conv;
 pub mod elbo;
 pub mod gauss_kl;
 pub mod hvae;

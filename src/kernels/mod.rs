@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod adam;
 pub mod batch;
+pub mod conv;
 pub mod elbo;
 pub mod gauss_kl;
 pub mod iwae;
@@ -20,6 +21,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ),
     ("adam.wgsl", include_str!("../../shaders/adam.wgsl")),
     ("batch.wgsl", include_str!("../../shaders/batch.wgsl")),
+    ("conv.wgsl", include_str!("../../shaders/conv.wgsl")),
     ("elbo.wgsl", include_str!("../../shaders/elbo.wgsl")),
     ("gauss_kl.wgsl", include_str!("../../shaders/gauss_kl.wgsl")),
     ("iwae.wgsl", include_str!("../../shaders/iwae.wgsl")),
@@ -35,6 +37,10 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("random.wgsl", include_str!("../../shaders/random.wgsl")),
     ("reduce.wgsl", include_str!("../../shaders/reduce.wgsl")),
     ("sample.wgsl", include_str!("../../shaders/sample.wgsl")),
+    (
+        "tiled_gemm.wgsl",
+        include_str!("../../shaders/tiled_gemm.wgsl"),
+    ),
 ];
 
 pub fn shader_file(name: &str) -> &'static str {
@@ -49,7 +55,9 @@ pub fn shader_file(name: &str) -> &'static str {
 /// and epilogue for both matmul kernels, the Philox generator for the families that draw.
 pub fn preludes(family: &str) -> &'static [&'static str] {
     match family {
+        "matmul.wgsl" => &["common.wgsl", "matmul_common.wgsl", "tiled_gemm.wgsl"],
         f if f.starts_with("matmul") => &["common.wgsl", "matmul_common.wgsl"],
+        "conv.wgsl" => &["common.wgsl", "tiled_gemm.wgsl"],
         "sample.wgsl" | "batch.wgsl" => &["common.wgsl", "random.wgsl"],
         _ => &["common.wgsl"],
     }
@@ -85,6 +93,10 @@ pub const MODULES: &[ModuleSpec] = &[
     },
     ModuleSpec {
         family: "batch.wgsl",
+        needs_subgroups: false,
+    },
+    ModuleSpec {
+        family: "conv.wgsl",
         needs_subgroups: false,
     },
     ModuleSpec {
