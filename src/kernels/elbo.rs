@@ -198,27 +198,7 @@ impl Elbo {
 
     /// `workgroup`: invocations per workgroup, a power of two within the adapter's limits.
     pub fn with_workgroup(gpu: &Gpu, likelihood: Likelihood, workgroup: u32) -> Result<Self> {
-        if !workgroup.is_power_of_two()
-            || workgroup > gpu.limits.max_compute_invocations_per_workgroup
-            || workgroup > gpu.limits.max_compute_workgroup_size_x
-        {
-            return Err(GpuError::Shape {
-                kernel: "elbo".into(),
-                reason: format!(
-                    "workgroup size {workgroup} is not a power of two within the limits"
-                ),
-            });
-        }
-        let have = gpu.limits.max_storage_buffers_per_shader_stage;
-        if have < STORAGE_BUFFERS {
-            return Err(GpuError::AdapterTooSmall {
-                adapter: gpu.info.name.clone(),
-                what: "the fused ELBO kernel".into(),
-                limit: "max_storage_buffers_per_shader_stage",
-                need: STORAGE_BUFFERS as u64,
-                have: have as u64,
-            });
-        }
+        super::check_row_kernel(gpu, "elbo", workgroup, STORAGE_BUFFERS)?;
         if let Likelihood::Gaussian { sigma } = likelihood
             && !(sigma.is_finite() && sigma > 0.0)
         {

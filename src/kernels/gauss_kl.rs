@@ -116,27 +116,7 @@ impl GaussKl {
 
     /// `workgroup`: invocations per workgroup, a power of two within the adapter's limits.
     pub fn with_workgroup(gpu: &Gpu, accumulate: bool, workgroup: u32) -> Result<Self> {
-        if !workgroup.is_power_of_two()
-            || workgroup > gpu.limits.max_compute_invocations_per_workgroup
-            || workgroup > gpu.limits.max_compute_workgroup_size_x
-        {
-            return Err(GpuError::Shape {
-                kernel: "gauss_kl".into(),
-                reason: format!(
-                    "workgroup size {workgroup} is not a power of two within the limits"
-                ),
-            });
-        }
-        let have = gpu.limits.max_storage_buffers_per_shader_stage;
-        if have < STORAGE_BUFFERS {
-            return Err(GpuError::AdapterTooSmall {
-                adapter: gpu.info.name.clone(),
-                what: "the Gaussian KL kernel".into(),
-                limit: "max_storage_buffers_per_shader_stage",
-                need: STORAGE_BUFFERS as u64,
-                have: have as u64,
-            });
-        }
+        super::check_row_kernel(gpu, "gauss_kl", workgroup, STORAGE_BUFFERS)?;
         let src = compose("gauss_kl.wgsl");
         let label = if accumulate {
             "gauss_kl.rows.acc"

@@ -187,3 +187,33 @@ pub(crate) fn check_len(
     }
     Ok(())
 }
+
+/// Checks a row-reduction kernel's workgroup size (a power of two within the adapter's limits)
+/// and that the adapter binds `storage_buffers` storage buffers in one stage.
+pub(crate) fn check_row_kernel(
+    gpu: &crate::gpu::Gpu,
+    kernel: &str,
+    workgroup: u32,
+    storage_buffers: u32,
+) -> crate::gpu::Result<()> {
+    if !workgroup.is_power_of_two()
+        || workgroup > gpu.limits.max_compute_invocations_per_workgroup
+        || workgroup > gpu.limits.max_compute_workgroup_size_x
+    {
+        return Err(crate::gpu::GpuError::Shape {
+            kernel: kernel.into(),
+            reason: format!("workgroup size {workgroup} is not a power of two within the limits"),
+        });
+    }
+    let have = gpu.limits.max_storage_buffers_per_shader_stage;
+    if have < storage_buffers {
+        return Err(crate::gpu::GpuError::AdapterTooSmall {
+            adapter: gpu.info.name.clone(),
+            what: format!("the {kernel} kernel"),
+            limit: "max_storage_buffers_per_shader_stage",
+            need: storage_buffers as u64,
+            have: have as u64,
+        });
+    }
+    Ok(())
+}
