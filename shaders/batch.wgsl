@@ -24,17 +24,31 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+// Bytes packed four to a word, or (FLOAT_PIXELS) one f32 per word.
 @group(0) @binding(1) var<storage, read> pixels: array<u32>;
 @group(0) @binding(2) var<storage, read> perm: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 256u;
 
-fn binarized(byte: u32, item: u32, col: u32) -> f32 {
+// Float datasets (CSV/NPY float32 in [0, 1]) stay f32 on the device rather than being quantized.
+override FLOAT_PIXELS: bool = false;
+
+// The uniform u = (2k + 1)·2⁻²⁴ of pixel `col`'s Philox word.
+fn draw_k(item: u32, col: u32) -> u32 {
     let words = philox4x32_10(vec4<u32>(col / 4u, item, params.draw, 1u),
                               vec2<u32>(params.seed_lo, params.seed_hi));
-    let k = words[col & 3u] >> 9u;
-    return select(0.0, 1.0, (2u * k + 1u) * 255u < (byte << 24u));
+    return words[col & 3u] >> 9u;
+}
+
+// Bernoulli(byte / 255): u < byte/255 ⇔ (2k + 1)·255 < byte·2²⁴, in integers.
+fn binarized(byte: u32, item: u32, col: u32) -> f32 {
+    return select(0.0, 1.0, (2u * draw_k(item, col) + 1u) * 255u < (byte << 24u));
+}
+
+// Bernoulli(p): u < p ⇔ 2k + 1 < p·2²⁴, both sides exact in f32 (2k + 1 < 2²⁴).
+fn binarized_float(p: f32, item: u32, col: u32) -> f32 {
+    return select(0.0, 1.0, f32(2u * draw_k(item, col) + 1u) < p * 16777216.0);
 }
 
 @compute @workgroup_size(WG)
@@ -47,8 +61,13 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let row = i / params.dim;
     let col = i - row * params.dim;
     let item = perm[params.first + row % params.rows];
-    let byte_index = item * params.dim + col;
-    let byte = (pixels[byte_index >> 2u] >> ((byte_index & 3u) * 8u)) & 0xffu;
+    let index = item * params.dim + col;
+    if (FLOAT_PIXELS) {
+        let p = bitcast<f32>(pixels[index]);
+        out[i] = select(p, binarized_float(p, item, col), BINARIZE);
+        return;
+    }
+    let byte = (pixels[index >> 2u] >> ((index & 3u) * 8u)) & 0xffu;
     if (BINARIZE) {
         out[i] = binarized(byte, item, col);
     } else {

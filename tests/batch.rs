@@ -147,3 +147,56 @@ fn binarized_pixels_have_the_pixel_as_mean() {
     );
     assert!(draws[0].iter().all(|&v| v == 0.0 || v == 1.0));
 }
+
+/// Float datasets stay f32 on the device: the gather returns every value bit for bit (through
+/// `DeviceData::upload`, as training does), and binarizes draw for draw like the reference.
+#[test]
+fn float_pixels_are_gathered_exactly_and_binarized_like_the_reference() {
+    use vae_wgpu::data::{Dataset, Pixels};
+    use vae_wgpu::kernels::batch::PixelFormat;
+    use vae_wgpu::train::DeviceData;
+    let (items, dim, rows) = (9usize, 11usize, 4u32);
+    let mut rng = Lcg(77);
+    let mut values: Vec<f32> = (0..items * dim).map(|_| rng.next_f64() as f32).collect();
+    // Edge values: 0, 1, the smallest steps away from them, and one that bytes cannot hold.
+    values[..6].copy_from_slice(&[0.0, 1.0, 1e-7, 1.0 - 6e-8, 0.123_456_79, 0.5]);
+    let set = Dataset {
+        pixels: Pixels::F32(values.clone()),
+        labels: None,
+        len: items,
+        item_shape: vec![dim],
+    };
+    let perm = permutation(items);
+    for gpu in all_gpus() {
+        let data = DeviceData::upload(&gpu, "float pixels", &set).unwrap();
+        assert_eq!(data.format, PixelFormat::Floats);
+        let permv = gpu.upload("perm", &perm).unwrap();
+        let out = gpu.zeros("x", rows as u64 * dim as u64).unwrap();
+        for seed in [None, Some(11u64)] {
+            let k = BatchKernel::with_format(&gpu, seed, PixelFormat::Floats).unwrap();
+            let g = k
+                .bind(&gpu, rows, dim as u32, &data.pixels, &permv, &out)
+                .unwrap();
+            for first in [0usize, 5] {
+                g.set(&gpu, first as u32, 3);
+                gpu.run(&[&g.dispatch]).unwrap();
+                let got: Vec<f32> = gpu.read(&out).unwrap();
+                for (i, &v) in got.iter().enumerate() {
+                    let (r, c) = (i / dim, i % dim);
+                    let item = perm[first + r];
+                    let p = values[item as usize * dim + c];
+                    let want = match seed {
+                        None => p as f64,
+                        Some(s) => cpu::binarize_float_pixel(p, item, c as u32, s, 3),
+                    };
+                    assert_eq!(
+                        v as f64,
+                        want,
+                        "{seed:?} row {r} col {c} on {}",
+                        gpu.describe()
+                    );
+                }
+            }
+        }
+    }
+}

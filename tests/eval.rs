@@ -132,6 +132,7 @@ fn importance_sampled_likelihood_converges_to_quadrature() {
             pixels: upload_pixels(&gpu, "pixels", &pixels).unwrap(),
             items: images.len(),
             dim: D,
+            format: vae_wgpu::kernels::batch::PixelFormat::Bytes,
         };
         let pv = gpu.upload("params", &params).unwrap();
         let graph = IwaeGraph::new(

@@ -86,6 +86,7 @@ fn gpu_step_matches_cpu_reference() {
                 pixels: upload_pixels(&gpu, "pixels", &pixels).unwrap(),
                 items,
                 dim: cfg.input,
+                format: vae_wgpu::kernels::batch::PixelFormat::Bytes,
             };
             let g = TrainGraph::new(
                 &gpu,
@@ -196,6 +197,7 @@ fn k_sample_step_matches_cpu_reference() {
                 pixels: upload_pixels(&gpu, "pixels", &pixels).unwrap(),
                 items,
                 dim: cfg.input,
+                format: vae_wgpu::kernels::batch::PixelFormat::Bytes,
             };
             let opts = GraphOptions {
                 batch,
@@ -279,6 +281,7 @@ fn a_hierarchical_model_is_refused_by_the_device_graph() {
         pixels: upload_pixels(&gpu, "pixels", &[1u8; 12 * 4]).unwrap(),
         items: 4,
         dim: 12,
+        format: vae_wgpu::kernels::batch::PixelFormat::Bytes,
     };
     let opts = GraphOptions {
         batch: 2,

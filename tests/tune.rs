@@ -137,6 +137,7 @@ fn a_training_graph_tunes_its_kernels() {
             pixels: upload_pixels(&gpu, "pixels", &[7u8; 300 * 40]).unwrap(),
             items: 40,
             dim: 300,
+            format: vae_wgpu::kernels::batch::PixelFormat::Bytes,
         };
         let opts = GraphOptions {
             batch: 30,

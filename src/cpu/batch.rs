@@ -47,3 +47,15 @@ pub fn gather_binarized(
         })
         .collect()
 }
+
+/// A Bernoulli(p) draw for a float pixel, from the same Philox word as [`binarize_pixel`]:
+/// u = (2k + 1)·2⁻²⁴ < p, compared exactly as the shader does (both sides exact in f32).
+pub fn binarize_float_pixel(p: f32, item: u32, col: u32, seed: u64, draw: u32) -> f64 {
+    let words = philox4x32_10([col / 4, item, draw, 1], [seed as u32, (seed >> 32) as u32]);
+    let k = (words[(col & 3) as usize] >> 9) as f64;
+    if 2.0 * k + 1.0 < p as f64 * 16_777_216.0 {
+        1.0
+    } else {
+        0.0
+    }
+}

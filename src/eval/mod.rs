@@ -67,7 +67,7 @@ impl IwaeGraph {
         // x_rep [S·B, D]: row s·B + r is example r, so its first B rows are the batch itself.
         let x_rep = scratch("x_rep", rows * d)?;
         let perm = scratch("perm_rep", rows)?;
-        let gather = BatchKernel::new(gpu, opts.binarize_seed)?.bind(
+        let gather = BatchKernel::with_format(gpu, opts.binarize_seed, data.format)?.bind(
             gpu,
             rows as u32,
             d as u32,

@@ -36,7 +36,7 @@ impl Codec {
         let mut mm = Matmuls::new(gpu);
         let x = gpu.zeros("pictures.x", (rows * cfg.input) as u64)?;
         let perm = gpu.zeros("pictures.perm", rows as u64)?;
-        let gather = BatchKernel::new(gpu, None)?.bind(
+        let gather = BatchKernel::with_format(gpu, None, data.format)?.bind(
             gpu,
             rows as u32,
             cfg.input as u32,

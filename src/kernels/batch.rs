@@ -39,8 +39,23 @@ pub fn upload_pixels(gpu: &Gpu, label: &str, bytes: &[u8]) -> Result<View> {
     gpu.upload(label, &pack_bytes(bytes))
 }
 
+/// How a dataset's pixels are stored on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelFormat {
+    /// Bytes (scaled by 1/255 when gathered), packed four to a word: [`upload_pixels`].
+    Bytes,
+    /// f32 values in [0, 1], kept exact: [`upload_float_pixels`].
+    Floats,
+}
+
+/// Uploads float pixels (already in [0, 1]) as they are.
+pub fn upload_float_pixels(gpu: &Gpu, label: &str, values: &[f32]) -> Result<View> {
+    gpu.upload(label, values)
+}
+
 pub struct BatchKernel {
     kernel: Kernel,
+    format: PixelFormat,
     /// Binarize with Bernoulli draws keyed by this seed (and the draw number set per step).
     binarize_seed: Option<u64>,
 }
@@ -61,9 +76,19 @@ impl BatchKernel {
     /// A gather that scales bytes to [0, 1], or with `binarize_seed` replaces each pixel p by
     /// a Bernoulli(p) draw.
     pub fn new(gpu: &Gpu, binarize_seed: Option<u64>) -> Result<Self> {
+        Self::with_format(gpu, binarize_seed, PixelFormat::Bytes)
+    }
+
+    /// As [`new`](Self::new) for pixels stored in `format`.
+    pub fn with_format(gpu: &Gpu, binarize_seed: Option<u64>, format: PixelFormat) -> Result<Self> {
         let on = binarize_seed.is_some();
-        let constants = [("BINARIZE", if on { 1.0 } else { 0.0 })];
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let constants = [
+            ("BINARIZE", flag(on)),
+            ("FLOAT_PIXELS", flag(format == PixelFormat::Floats)),
+        ];
         Ok(Self {
+            format,
             kernel: gpu.kernel(
                 "batch.gather",
                 &compose("batch.wgsl"),
@@ -113,7 +138,11 @@ impl BatchKernel {
             });
         }
         let total = total as u32;
-        let items = pixels.len * 4 / dim.max(1) as u64;
+        let per_word = match self.format {
+            PixelFormat::Bytes => 4,
+            PixelFormat::Floats => 1,
+        };
+        let items = pixels.len * per_word / dim.max(1) as u64;
         if items == 0 {
             return Err(GpuError::Shape {
                 kernel: label.clone(),

@@ -230,7 +230,7 @@ impl TrainGraph {
         let k_stats = scratch("k_samples.stats", 3 * b)?;
 
         let perm = gpu.upload("perm", &(0..items as u32).collect::<Vec<_>>())?;
-        let gather = BatchKernel::new(gpu, binarize_seed)?
+        let gather = BatchKernel::with_format(gpu, binarize_seed, data.format)?
             .bind_repeated(gpu, batch, samples, d as u32, pixels, &perm, &x_rep)?;
         let sampler = Sampler::new(gpu, seed)?;
         let reduce = ReduceKernels::new(gpu)?;

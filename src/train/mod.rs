@@ -11,7 +11,7 @@ pub use graph::{GraphOptions, StepInputs, TrainGraph};
 use crate::data::{Dataset, Pixels};
 use crate::gpu::{Gpu, Result, View};
 use crate::kernels::adam::AdamConfig;
-use crate::kernels::batch::upload_pixels;
+use crate::kernels::batch::{PixelFormat, upload_float_pixels, upload_pixels};
 use crate::kernels::iwae::Objective;
 use crate::model::VaeConfig;
 
@@ -170,40 +170,60 @@ impl TrainSettings {
     }
 }
 
-/// A dataset resident on the device as packed bytes.
+/// A dataset resident on the device: bytes packed four to a word, or f32 values.
 pub struct DeviceData {
     pub pixels: View,
     pub items: usize,
     pub dim: usize,
+    pub format: PixelFormat,
 }
 
 impl DeviceData {
-    /// Uploads `set` once. Float pixels are quantized to bytes (the loaders keep byte data as
-    /// bytes, so this only affects float CSV/NPY input).
+    /// Byte pixels already uploaded with [`upload_pixels`].
+    pub fn bytes(pixels: View, items: usize, dim: usize) -> Self {
+        Self {
+            pixels,
+            items,
+            dim,
+            format: PixelFormat::Bytes,
+        }
+    }
+
+    /// Uploads `set` once, bytes as bytes and float pixels (CSV/NPY float input) as f32, so
+    /// nothing is quantized.
     pub fn upload(gpu: &Gpu, label: &str, set: &Dataset) -> Result<Self> {
-        let bytes: Vec<u8> = match &set.pixels {
-            Pixels::U8(v) => v.clone(),
-            Pixels::F32(v) => v.iter().map(|&x| (x * 255.0).round() as u8).collect(),
+        let (format, size) = match &set.pixels {
+            Pixels::U8(v) => (PixelFormat::Bytes, v.len() as u64),
+            Pixels::F32(v) => (PixelFormat::Floats, 4 * v.len() as u64),
         };
         let have = gpu.max_binding_bytes();
-        let need = (bytes.len() as u64).next_multiple_of(16);
+        let need = size.next_multiple_of(16);
         if need > have {
             return Err(crate::gpu::GpuError::DoesNotFit {
                 adapter: gpu.info.name.clone(),
-                what: format!("the {label} ({} items of {} bytes)", set.len, set.dim()),
+                what: format!(
+                    "the {label} ({} items of {} bytes)",
+                    set.len,
+                    need / set.len.max(1) as u64
+                ),
                 need,
                 limit: "max_storage_buffer_binding_size",
                 have,
                 advice: format!(
                     "use at most {} items, or another adapter",
-                    have / set.dim().max(1) as u64
+                    have / (need / set.len.max(1) as u64).max(1)
                 ),
             });
         }
+        let pixels = match &set.pixels {
+            Pixels::U8(v) => upload_pixels(gpu, label, v)?,
+            Pixels::F32(v) => upload_float_pixels(gpu, label, v)?,
+        };
         Ok(Self {
-            pixels: upload_pixels(gpu, label, &bytes)?,
+            pixels,
             items: set.len,
             dim: set.dim(),
+            format,
         })
     }
 }
