@@ -140,3 +140,40 @@ fn a_preset_refuses_flags_it_defines() {
         .unwrap();
     assert!(!out.status.success(), "--schedule-scale needs a preset");
 }
+
+#[test]
+fn bench_runs_a_preset() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vae"))
+        .args([
+            "bench",
+            "--preset",
+            "iwae-1layer",
+            "--objective",
+            "iwae",
+            "--k",
+            "2",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(r["model"], "784-200-200-50", "{r}");
+    assert_eq!(r["objective"], "-IWAE(k=2)");
+    assert_eq!(r["batch"], 20);
+    assert!(r["samples_per_s"].as_f64().unwrap() > 0.0);
+    let out = Command::new(env!("CARGO_BIN_EXE_vae"))
+        .args(["bench", "--preset", "iwae-1layer", "--batch", "7"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a preset fixes the batch");
+}

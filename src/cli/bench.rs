@@ -2,21 +2,22 @@
 //! workload: 784-400-20, ReLU, Bernoulli, Adam 1e-3, batch 128) on the shipped data, with the
 //! start-up time and what one step costs in dispatches, submits and readbacks.
 
-use crate::kernels::iwae::Objective;
 use std::time::Instant;
 
 use anyhow::bail;
 use clap::Args;
 
 use super::DeviceArgs;
+use super::train::Preset;
 use crate::data::load_source;
 use crate::gpu::Gpu;
 use crate::kernels::Activation;
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::elbo::Likelihood;
+use crate::kernels::iwae::Objective;
 use crate::model::{VaeConfig, init_params};
 use crate::train::run::epoch_permutation;
-use crate::train::{DeviceData, GraphOptions, StepInputs, TrainGraph};
+use crate::train::{Binarize, DeviceData, LrSchedule, StepInputs, TrainGraph, TrainSettings};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -29,6 +30,14 @@ pub struct BenchArgs {
     pub hidden: Vec<usize>,
     #[arg(long, default_value_t = 20)]
     pub latent: usize,
+    /// Benchmark a paper's set-up instead (as `vae train --preset`).
+    #[arg(long, value_enum, conflicts_with_all = ["batch", "hidden", "latent"])]
+    pub preset: Option<Preset>,
+    /// The training objective and its samples per example (as `vae train`).
+    #[arg(long, value_enum, default_value_t = Objective::Elbo)]
+    pub objective: Objective,
+    #[arg(long, default_value_t = 1)]
+    pub k: u32,
     /// Untimed steps first (pipelines, caches and clocks settle).
     #[arg(long, default_value_t = 20)]
     pub warmup: u64,
@@ -47,36 +56,53 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.latent == 0 || args.steps == 0 || args.hidden.contains(&0) {
         bail!("--batch, --latent, --steps and --hidden widths must be at least 1");
     }
+    if args.k == 0 {
+        bail!("--k must be at least 1");
+    }
     let source = load_source(&args.data)?;
     let gpu = Gpu::new(&args.device.request())?;
-    let model = VaeConfig {
-        input: source.train.dim(),
-        hidden: args.hidden.clone(),
-        latent: args.latent,
-        act: Activation::Relu,
-        likelihood: Likelihood::Bernoulli,
-        upper: Vec::new(),
-    };
-    let items = source.train.len;
-    if (items as u64) < args.batch as u64 {
-        bail!("--batch {} exceeds the {items} training items", args.batch);
-    }
-    let data = DeviceData::upload(&gpu, "train pixels", &source.train)?;
-    let opts = GraphOptions {
+    let base = TrainSettings {
+        data: args.data.clone(),
+        test_data: None,
+        model: VaeConfig {
+            input: source.train.dim(),
+            hidden: args.hidden.clone(),
+            latent: args.latent,
+            act: Activation::Relu,
+            likelihood: Likelihood::Bernoulli,
+            upper: Vec::new(),
+        },
+        epochs: 1,
         batch: args.batch,
         adam: AdamConfig::default(),
         seed: 1,
-        binarize_seed: None,
-        objective: Objective::Elbo,
-        samples: 1,
+        beta: 1.0,
+        kl_warmup: 0,
+        log_every: 1,
+        binarize: Binarize::None,
+        objective: args.objective,
+        samples: args.k,
+        lr_schedule: LrSchedule::Constant,
     };
+    let settings = match args.preset {
+        Some(p) => p.apply(base, 1.0, None),
+        None => base,
+    };
+    let model = settings.model.clone();
+    let batch = settings.batch;
+    let items = source.train.len;
+    if (items as u64) < batch as u64 {
+        bail!("--batch {batch} exceeds the {items} training items");
+    }
+    let data = DeviceData::upload(&gpu, "train pixels", &source.train)?;
+    let opts = settings.graph_options(batch, settings.seed);
     let graph = TrainGraph::new(&gpu, &model, &opts, &data, None)?;
     gpu.write(&graph.params, &init_params(&model, &graph.layout, 1));
     graph.set_permutation(&gpu, &epoch_permutation(1, 1, items));
-    let steps_per_epoch = items as u64 / args.batch as u64;
+    let steps_per_epoch = items as u64 / batch as u64;
     let prepare = |i: u64| {
         let inputs = StepInputs {
-            first: ((i % steps_per_epoch) * args.batch as u64) as u32,
+            first: ((i % steps_per_epoch) * batch as u64) as u32,
             step: i,
             lr: opts.adam.lr,
             beta: 1.0,
@@ -108,7 +134,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let kernels = profile_kernels(&gpu, &graph, |i| prepare(args.warmup + args.steps + 1 + i))?;
     let ms_per_step = 1e3 * seconds / args.steps as f64;
-    let samples_per_s = (args.steps * args.batch as u64) as f64 / seconds;
+    let samples_per_s = (args.steps * batch as u64) as f64 / seconds;
     let dispatches = graph.step_dispatches().len();
     let mut dims = vec![model.input];
     dims.extend(&model.hidden);
@@ -121,7 +147,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let report = serde_json::json!({
         "adapter": gpu.describe(),
         "model": dims,
-        "batch": args.batch,
+        "preset": args.preset.map(|p| format!("{p:?}")),
+        "objective": settings.loss_name(),
+        "batch": batch,
         "timed_steps": args.steps,
         "ms_per_step": ms_per_step,
         "samples_per_s": samples_per_s,
@@ -140,8 +168,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         println!("adapter            {}", gpu.describe());
         println!(
-            "workload           {dims} ReLU Bernoulli, Adam, batch {}",
-            args.batch
+            "workload           {dims} {:?} {:?}, {}, Adam, batch {batch}{}",
+            model.act,
+            model.likelihood,
+            settings.loss_name(),
+            args.preset
+                .map_or(String::new(), |p| format!(" (preset {p:?})"))
         );
         println!(
             "throughput         {samples_per_s:.0} samples/s, {ms_per_step:.2} ms/step ({} timed steps after {} warm-up)",

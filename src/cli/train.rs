@@ -244,10 +244,26 @@ impl TrainArgs {
             lr_schedule: LrSchedule::Constant,
         };
         match self.preset {
-            None | Some(Preset::PytorchExample) => s,
-            Some(Preset::Iwae1Layer) => {
+            Some(p) => p.apply(s, self.schedule_scale, self.epochs),
+            None => s,
+        }
+    }
+}
+
+impl Preset {
+    /// `s` with the preset's architecture, data treatment and optimizer; `epochs` (if given)
+    /// overrides the length its schedule implies.
+    pub fn apply(
+        self,
+        s: TrainSettings,
+        schedule_scale: f64,
+        epochs: Option<usize>,
+    ) -> TrainSettings {
+        match self {
+            Preset::PytorchExample => s,
+            Preset::Iwae1Layer => {
                 let lr_schedule = LrSchedule::Iwae {
-                    scale: self.schedule_scale,
+                    scale: schedule_scale,
                 };
                 TrainSettings {
                     model: VaeConfig {
@@ -257,10 +273,7 @@ impl TrainArgs {
                         likelihood: Likelihood::Bernoulli,
                         ..s.model
                     },
-                    epochs: self
-                        .epochs
-                        .or(lr_schedule.total_epochs())
-                        .unwrap_or(s.epochs),
+                    epochs: epochs.or(lr_schedule.total_epochs()).unwrap_or(s.epochs),
                     batch: 20,
                     adam: AdamConfig {
                         lr: 1e-3,
