@@ -252,3 +252,58 @@ fn vae_eval_reports_a_trained_run() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("checkpoint.safetensors"));
 }
+
+/// A run trained with the IWAE objective is still evaluated on the ELBO (and log p(x)): the
+/// reported ELBO is not its training loss, which is the tighter −IWAE_K bound on the same data.
+#[test]
+fn vae_eval_reports_the_elbo_of_an_iwae_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let vae = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vae"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let train = vae(&[
+        "train",
+        "--quiet",
+        "--epochs",
+        "1",
+        "--hidden",
+        "64",
+        "--latent",
+        "8",
+        "--objective",
+        "iwae",
+        "--k",
+        "4",
+        "--out",
+        run_s,
+    ]);
+    assert!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let test_iwae = metrics
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|row| row["test_loss"].as_f64())
+        .expect("an epoch row with the test loss");
+    let out = vae(&["eval", run_s, "--k", "2", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let neg_elbo = -r["elbo"].as_f64().unwrap();
+    assert!(
+        neg_elbo > test_iwae + 0.1,
+        "-ELBO {neg_elbo} should exceed the -IWAE_4 training test loss {test_iwae}"
+    );
+}

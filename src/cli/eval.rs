@@ -9,6 +9,7 @@ use clap::Args;
 use super::DeviceArgs;
 use crate::eval::{IwaeGraph, IwaeOptions, LatentStats};
 use crate::gpu::Gpu;
+use crate::kernels::iwae::Objective;
 use crate::train::checkpoint::{self, Checkpoint};
 use crate::train::graph::SharedState;
 use crate::train::run::Evaluator;
@@ -57,9 +58,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let state = SharedState::new(&gpu, &ckpt.layout())?;
     gpu.write(&state.params, &ckpt.params);
 
-    // The ELBO as in training's per-epoch test figure (one ε per example, β = 1).
+    // The ELBO as in training's per-epoch test figure (one ε per example, β = 1), whatever
+    // objective the run was trained with.
     let settings = TrainSettings {
         batch: s.batch.min(set.len as u32),
+        objective: Objective::Elbo,
+        samples: 1,
         ..s.clone()
     };
     let sums = Evaluator::new(&gpu, &settings, &data, &state)?.sums(&gpu)?;
@@ -79,20 +83,23 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         },
     )?;
     let items: Vec<u32> = (0..set.len as u32).collect();
-    let bar = (!args.json).then(|| indicatif::ProgressBar::new(set.len as u64));
+    // On stderr, so it never mixes with --json's output; k = 5000 over a test set can take an
+    // hour on a software adapter.
+    let bar = indicatif::ProgressBar::new(set.len as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "log p(x) {bar:30} {pos}/{len} examples, {elapsed} elapsed, ~{eta} left",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let (mut log_px, mut mu, mut logvar) = (Vec::new(), Vec::new(), Vec::new());
     for (i, group) in items.chunks(batch as usize).enumerate() {
         let r = graph.run(&gpu, group, args.k, i as u32)?;
         log_px.extend(r.log_px);
         mu.extend(r.mu);
         logvar.extend(r.logvar);
-        if let Some(bar) = &bar {
-            bar.inc(group.len() as u64);
-        }
+        bar.inc(group.len() as u64);
     }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    bar.finish_and_clear();
     if let Some(i) = log_px.iter().position(|v| !v.is_finite()) {
         bail!("log p(x) of example {i} is not finite: the model or data is broken");
     }
