@@ -290,12 +290,13 @@ impl Matmul {
                 ),
             });
         }
+        let family = match variant {
+            MatmulVariant::Tiled => "matmul.wgsl",
+            MatmulVariant::Subgroup => "matmul_subgroup.wgsl",
+        };
         let source = match source {
-            Some(s) => super::compose_with("matmul.wgsl", s),
-            None => compose(match variant {
-                MatmulVariant::Tiled => "matmul.wgsl",
-                MatmulVariant::Subgroup => "matmul_subgroup.wgsl",
-            }),
+            Some(s) => super::compose_with(family, s),
+            None => compose(family),
         };
         let slots = match variant {
             MatmulVariant::Tiled => TILED_SLOTS,
