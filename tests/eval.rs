@@ -128,12 +128,11 @@ fn importance_sampled_likelihood_converges_to_quadrature() {
         .flat_map(|i| std::iter::repeat_n(i, REPEATS))
         .collect();
     for gpu in all_gpus() {
-        let data = DeviceData {
-            pixels: upload_pixels(&gpu, "pixels", &pixels).unwrap(),
-            items: images.len(),
-            dim: D,
-            format: vae_wgpu::kernels::batch::PixelFormat::Bytes,
-        };
+        let data = DeviceData::bytes(
+            upload_pixels(&gpu, "pixels", &pixels).unwrap(),
+            images.len(),
+            D,
+        );
         let pv = gpu.upload("params", &params).unwrap();
         let graph = IwaeGraph::new(
             &gpu,

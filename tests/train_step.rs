@@ -5,6 +5,7 @@ mod common;
 
 use common::{Lcg, all_gpus, to_f64};
 use vae_wgpu::cpu::{adam as cpu_adam, batch as cpu_batch, vae};
+use vae_wgpu::gpu::Gpu;
 use vae_wgpu::kernels::Activation;
 use vae_wgpu::kernels::adam::AdamConfig;
 use vae_wgpu::kernels::batch::upload_pixels;
@@ -19,6 +20,16 @@ use vae_wgpu::train::{DeviceData, TrainGraph};
 /// the WGSL exp/log bounds in the loss, so 2e-4 of the tensor's largest entry leaves a margin of
 /// ~10 while still catching any wrong index, transpose or missing term (those are O(1) errors).
 const NORMWISE: f64 = 2e-4;
+
+/// `items` random byte images of `dim` pixels, on the host and resident on the device.
+fn random_dataset(gpu: &Gpu, items: usize, dim: usize, seed: u64) -> (Vec<u8>, DeviceData) {
+    let mut rng = Lcg(seed);
+    let pixels: Vec<u8> = (0..items * dim)
+        .map(|_| (rng.next_f64() * 256.0) as u8)
+        .collect();
+    let data = DeviceData::bytes(upload_pixels(gpu, "pixels", &pixels).unwrap(), items, dim);
+    (pixels, data)
+}
 
 fn compare(what: &str, layout: &vae_wgpu::model::ParamLayout, got: &[f32], want: &[f64]) {
     for t in &layout.tensors {
@@ -78,16 +89,7 @@ fn gpu_step_matches_cpu_reference() {
                 upper: Vec::new(),
             };
             let (batch, items) = (7u32, 13usize);
-            let mut rng = Lcg(5);
-            let pixels: Vec<u8> = (0..items * cfg.input)
-                .map(|_| (rng.next_f64() * 256.0) as u8)
-                .collect();
-            let data = DeviceData {
-                pixels: upload_pixels(&gpu, "pixels", &pixels).unwrap(),
-                items,
-                dim: cfg.input,
-                format: vae_wgpu::kernels::batch::PixelFormat::Bytes,
-            };
+            let (pixels, data) = random_dataset(&gpu, items, cfg.input, 5);
             let g = TrainGraph::new(
                 &gpu,
                 &cfg,
@@ -189,16 +191,7 @@ fn k_sample_step_matches_cpu_reference() {
                 upper: Vec::new(),
             };
             let (batch, items) = (7u32, 13usize);
-            let mut rng = Lcg(6);
-            let pixels: Vec<u8> = (0..items * cfg.input)
-                .map(|_| (rng.next_f64() * 256.0) as u8)
-                .collect();
-            let data = DeviceData {
-                pixels: upload_pixels(&gpu, "pixels", &pixels).unwrap(),
-                items,
-                dim: cfg.input,
-                format: vae_wgpu::kernels::batch::PixelFormat::Bytes,
-            };
+            let (pixels, data) = random_dataset(&gpu, items, cfg.input, 6);
             let opts = GraphOptions {
                 batch,
                 adam: AdamConfig::default(),
@@ -277,12 +270,11 @@ fn a_hierarchical_model_is_refused_by_the_device_graph() {
             latent: 2,
         }],
     };
-    let data = DeviceData {
-        pixels: upload_pixels(&gpu, "pixels", &[1u8; 12 * 4]).unwrap(),
-        items: 4,
-        dim: 12,
-        format: vae_wgpu::kernels::batch::PixelFormat::Bytes,
-    };
+    let data = DeviceData::bytes(
+        upload_pixels(&gpu, "pixels", &[1u8; 12 * 4]).unwrap(),
+        4,
+        12,
+    );
     let opts = GraphOptions {
         batch: 2,
         adam: AdamConfig::default(),

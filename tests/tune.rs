@@ -133,12 +133,11 @@ fn a_training_graph_tunes_its_kernels() {
             likelihood: Likelihood::Bernoulli,
             upper: Vec::new(),
         };
-        let data = DeviceData {
-            pixels: upload_pixels(&gpu, "pixels", &[7u8; 300 * 40]).unwrap(),
-            items: 40,
-            dim: 300,
-            format: vae_wgpu::kernels::batch::PixelFormat::Bytes,
-        };
+        let data = DeviceData::bytes(
+            upload_pixels(&gpu, "pixels", &[7u8; 300 * 40]).unwrap(),
+            40,
+            300,
+        );
         let opts = GraphOptions {
             batch: 30,
             adam: AdamConfig::default(),
