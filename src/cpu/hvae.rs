@@ -12,88 +12,13 @@
 //! loss = −(1/K) Σ_k log w_k (every latent term by Monte Carlo). Backpropagation runs top-down:
 //! each stage's generative path, then its reparameterization and inference path.
 
-use super::vae::{StepResult, dense_backward, dense_forward, tensor, through_activation};
-use super::{elbo, iwae, reduce::column_sums};
+use super::iwae;
+use super::vae::{
+    Chain, Heads, StepResult, chain_backward, chain_forward, dense_backward, dense_forward,
+    sample_row_reconstruction, weigh_reconstruction,
+};
 use crate::kernels::iwae::Objective;
-use crate::model::{DEC_LOGVAR, Dense, ParamLayout, VaeConfig};
-
-/// A chain of dense layers run forward: `ins[0]` the input, `ins[i + 1]` layer i's output.
-struct Chain {
-    ins: Vec<Vec<f64>>,
-    pres: Vec<Vec<f64>>,
-}
-
-fn chain_forward(
-    layers: &[Dense],
-    layout: &ParamLayout,
-    p: &[f64],
-    x: &[f64],
-    rows: usize,
-) -> Chain {
-    let mut c = Chain {
-        ins: vec![x.to_vec()],
-        pres: Vec::new(),
-    };
-    for d in layers {
-        let (pre, out) = dense_forward(d, layout, p, c.ins.last().unwrap(), rows);
-        c.pres.push(pre);
-        c.ins.push(out);
-    }
-    c
-}
-
-/// Gradient with respect to the chain's input, given it with respect to its output.
-fn chain_backward(
-    layers: &[Dense],
-    layout: &ParamLayout,
-    p: &[f64],
-    c: &Chain,
-    mut dy: Vec<f64>,
-    rows: usize,
-    grads: &mut [f64],
-) -> Vec<f64> {
-    for (i, d) in layers.iter().enumerate().rev() {
-        let dpre = through_activation(d, &dy, &c.pres[i]);
-        dy = dense_backward(d, layout, p, &c.ins[i], &dpre, rows, grads);
-    }
-    dy
-}
-
-/// (μ, logσ²) heads on `input`, and their backward summed into the input's gradient.
-struct Heads<'a> {
-    mu: &'a Dense,
-    logvar: &'a Dense,
-}
-
-impl Heads<'_> {
-    fn forward(
-        &self,
-        layout: &ParamLayout,
-        p: &[f64],
-        input: &[f64],
-        rows: usize,
-    ) -> (Vec<f64>, Vec<f64>) {
-        (
-            dense_forward(self.mu, layout, p, input, rows).0,
-            dense_forward(self.logvar, layout, p, input, rows).0,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn backward(
-        &self,
-        layout: &ParamLayout,
-        p: &[f64],
-        input: &[f64],
-        (dmu, dlogvar): (&[f64], &[f64]),
-        rows: usize,
-        grads: &mut [f64],
-    ) -> Vec<f64> {
-        let a = dense_backward(self.mu, layout, p, input, dmu, rows, grads);
-        let b = dense_backward(self.logvar, layout, p, input, dlogvar, rows, grads);
-        a.iter().zip(&b).map(|(x, y)| x + y).collect()
-    }
-}
+use crate::model::{ParamLayout, VaeConfig};
 
 /// One upper stage's forward values (all [K·B, ·]).
 struct StageValues {
@@ -171,30 +96,7 @@ pub fn step(
     // Decoder and reconstruction terms of every sample row.
     let dec = chain_forward(&layers.decoder, layout, p, &z1, rows);
     let (out, _) = dense_forward(&layers.out, layout, p, dec.ins.last().unwrap(), rows);
-    let dec_logvar: Vec<f64> = if cfg.likelihood.learns_variance() {
-        tensor(layout, p, DEC_LOGVAR).to_vec()
-    } else {
-        Vec::new()
-    };
-    let x_rep: Vec<f64> = x.iter().copied().cycle().take(rows * cfg.input).collect();
-    let none = vec![0.0; rows * cfg.latent];
-    let mut loss = elbo::elbo(
-        cfg.likelihood,
-        beta,
-        1.0,
-        elbo::Dims {
-            batch: rows,
-            dim: cfg.input,
-            latent: cfg.latent,
-        },
-        &elbo::Inputs {
-            x: &x_rep,
-            dec: &out,
-            dec_logvar: &dec_logvar,
-            mu: &none,
-            logvar: &none,
-        },
-    );
+    let mut loss = sample_row_reconstruction(cfg, layout, p, x, &out, rows);
 
     // The latent terms of each row: −log q of every layer, log p of every z below the top
     // given the one above, log p(z_L).
@@ -246,18 +148,7 @@ pub fn step(
 
     // Backward. Row weights g_r scale every term of row r.
     let mut grads = vec![0.0; layout.len];
-    let weigh = |v: &mut [f64], width: usize| {
-        for (r, row) in v.chunks_mut(width).enumerate() {
-            row.iter_mut().for_each(|x| *x *= weights[r]);
-        }
-    };
-    weigh(&mut loss.d_dec, cfg.input);
-    weigh(&mut loss.d_dec_logvar, cfg.input);
-    if cfg.likelihood.learns_variance() {
-        let t = layout.get(DEC_LOGVAR);
-        let g = column_sums(rows, cfg.input, &loss.d_dec_logvar);
-        grads[t.offset..t.offset + t.len()].copy_from_slice(&g);
-    }
+    weigh_reconstruction(cfg, layout, &mut loss, &weights, &mut grads);
     let d_top = dense_backward(
         &layers.out,
         layout,

@@ -17,7 +17,7 @@ pub struct StepResult {
     pub grads: Vec<f64>,
 }
 
-pub(crate) fn tensor<'a>(layout: &ParamLayout, flat: &'a [f64], name: &str) -> &'a [f64] {
+fn tensor<'a>(layout: &ParamLayout, flat: &'a [f64], name: &str) -> &'a [f64] {
     let t = layout.get(name);
     &flat[t.offset..t.offset + t.len()]
 }
@@ -73,35 +73,162 @@ pub(crate) fn dense_backward(
 }
 
 /// dpre = dy ⊙ act'(pre).
-pub(crate) fn through_activation(d: &Dense, dy: &[f64], pre: &[f64]) -> Vec<f64> {
+fn through_activation(d: &Dense, dy: &[f64], pre: &[f64]) -> Vec<f64> {
     dy.iter()
         .zip(pre)
         .map(|(g, &x)| g * activation::derivative(d.act, x))
         .collect()
 }
 
+/// A chain of dense layers run forward: `ins[0]` the input, `ins[i + 1]` layer i's output.
+pub(crate) struct Chain {
+    pub ins: Vec<Vec<f64>>,
+    pub pres: Vec<Vec<f64>>,
+}
+
+pub(crate) fn chain_forward(
+    layers: &[Dense],
+    layout: &ParamLayout,
+    p: &[f64],
+    x: &[f64],
+    rows: usize,
+) -> Chain {
+    let mut c = Chain {
+        ins: vec![x.to_vec()],
+        pres: Vec::new(),
+    };
+    for d in layers {
+        let (pre, out) = dense_forward(d, layout, p, c.ins.last().unwrap(), rows);
+        c.pres.push(pre);
+        c.ins.push(out);
+    }
+    c
+}
+
+/// Gradient with respect to the chain's input, given it with respect to its output.
+pub(crate) fn chain_backward(
+    layers: &[Dense],
+    layout: &ParamLayout,
+    p: &[f64],
+    c: &Chain,
+    mut dy: Vec<f64>,
+    rows: usize,
+    grads: &mut [f64],
+) -> Vec<f64> {
+    for (i, d) in layers.iter().enumerate().rev() {
+        let dpre = through_activation(d, &dy, &c.pres[i]);
+        dy = dense_backward(d, layout, p, &c.ins[i], &dpre, rows, grads);
+    }
+    dy
+}
+
+/// (μ, logσ²) heads on `input`, and their backward summed into the input's gradient.
+pub(crate) struct Heads<'a> {
+    pub mu: &'a Dense,
+    pub logvar: &'a Dense,
+}
+
+impl Heads<'_> {
+    pub(crate) fn forward(
+        &self,
+        layout: &ParamLayout,
+        p: &[f64],
+        input: &[f64],
+        rows: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        (
+            dense_forward(self.mu, layout, p, input, rows).0,
+            dense_forward(self.logvar, layout, p, input, rows).0,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward(
+        &self,
+        layout: &ParamLayout,
+        p: &[f64],
+        input: &[f64],
+        (dmu, dlogvar): (&[f64], &[f64]),
+        rows: usize,
+        grads: &mut [f64],
+    ) -> Vec<f64> {
+        let a = dense_backward(self.mu, layout, p, input, dmu, rows, grads);
+        let b = dense_backward(self.logvar, layout, p, input, dlogvar, rows, grads);
+        a.iter().zip(&b).map(|(x, y)| x + y).collect()
+    }
+}
+
+/// The reconstruction terms of `rows` decoder outputs `dec`, row r against input `x[r mod B]`
+/// (the K samples of each input), with their unweighted gradients; the KL slots are unused.
+pub(crate) fn sample_row_reconstruction(
+    cfg: &VaeConfig,
+    layout: &ParamLayout,
+    p: &[f64],
+    x: &[f64],
+    dec: &[f64],
+    rows: usize,
+) -> elbo::Output {
+    let dec_logvar: Vec<f64> = if cfg.likelihood.learns_variance() {
+        tensor(layout, p, DEC_LOGVAR).to_vec()
+    } else {
+        Vec::new()
+    };
+    let x_rep: Vec<f64> = x.iter().copied().cycle().take(rows * cfg.input).collect();
+    let none = vec![0.0; rows * cfg.latent];
+    let dims = elbo::Dims {
+        batch: rows,
+        dim: cfg.input,
+        latent: cfg.latent,
+    };
+    let inputs = elbo::Inputs {
+        x: &x_rep,
+        dec,
+        dec_logvar: &dec_logvar,
+        mu: &none,
+        logvar: &none,
+    };
+    elbo::elbo(cfg.likelihood, 1.0, 1.0, dims, &inputs)
+}
+
+/// Scales row r of the decoder-output gradients by `weights[r]` and writes the decoder
+/// log-variance gradient (a learned variance) into `grads`.
+pub(crate) fn weigh_reconstruction(
+    cfg: &VaeConfig,
+    layout: &ParamLayout,
+    loss: &mut elbo::Output,
+    weights: &[f64],
+    grads: &mut [f64],
+) {
+    for g in [&mut loss.d_dec, &mut loss.d_dec_logvar] {
+        for (r, row) in g.chunks_mut(cfg.input).enumerate() {
+            row.iter_mut().for_each(|v| *v *= weights[r]);
+        }
+    }
+    if cfg.likelihood.learns_variance() {
+        let t = layout.get(DEC_LOGVAR);
+        let g = column_sums(weights.len(), cfg.input, &loss.d_dec_logvar);
+        grads[t.offset..t.offset + t.len()].copy_from_slice(&g);
+    }
+}
+
 /// The posterior (μ, logσ²), [B, L] each, of a batch `x` [B, D].
 pub fn encode(cfg: &VaeConfig, layout: &ParamLayout, p: &[f64], x: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let layers = cfg.layers();
     let batch = x.len() / cfg.input;
-    let mut h = x.to_vec();
-    for d in &layers.encoder {
-        h = dense_forward(d, layout, p, &h, batch).1;
-    }
-    let (mu, _) = dense_forward(&layers.mu, layout, p, &h, batch);
-    let (logvar, _) = dense_forward(&layers.logvar, layout, p, &h, batch);
-    (mu, logvar)
+    let enc = chain_forward(&layers.encoder, layout, p, x, batch);
+    let heads = Heads {
+        mu: &layers.mu,
+        logvar: &layers.logvar,
+    };
+    heads.forward(layout, p, enc.ins.last().unwrap(), batch)
 }
 
 /// The decoder output (logits or means), [R, D], for latents `z` [R, L].
 pub fn decode(cfg: &VaeConfig, layout: &ParamLayout, p: &[f64], z: &[f64]) -> Vec<f64> {
     let layers = cfg.layers();
     let rows = z.len() / cfg.latent;
-    let mut h = z.to_vec();
-    for d in &layers.decoder {
-        h = dense_forward(d, layout, p, &h, rows).1;
-    }
-    dense_forward(&layers.out, layout, p, &h, rows).0
+    let dec = chain_forward(&layers.decoder, layout, p, z, rows);
+    dense_forward(&layers.out, layout, p, dec.ins.last().unwrap(), rows).0
 }
 
 /// Loss and gradient for one batch `x` [B, D] with noise `eps` [B, L].
@@ -131,87 +258,37 @@ pub fn step_k(
     let batch = x.len() / cfg.input;
     let rows = eps.len() / cfg.latent;
     // Forward, keeping every layer's input and pre-activation.
-    let mut enc_in = vec![x.to_vec()];
-    let mut enc_pre = Vec::new();
-    for d in &layers.encoder {
-        let (pre, out) = dense_forward(d, layout, p, enc_in.last().unwrap(), batch);
-        enc_pre.push(pre);
-        enc_in.push(out);
-    }
-    let top = enc_in.last().unwrap().clone();
-    let (mu, _) = dense_forward(&layers.mu, layout, p, &top, batch);
-    let (logvar, _) = dense_forward(&layers.logvar, layout, p, &top, batch);
+    let enc = chain_forward(&layers.encoder, layout, p, x, batch);
+    let top = enc.ins.last().unwrap();
+    let heads = Heads {
+        mu: &layers.mu,
+        logvar: &layers.logvar,
+    };
+    let (mu, logvar) = heads.forward(layout, p, top, batch);
     let z = sample::reparam_forward(&mu, &logvar, eps);
-    let mut dec_in = vec![z];
-    let mut dec_pre = Vec::new();
-    for d in &layers.decoder {
-        let (pre, out) = dense_forward(d, layout, p, dec_in.last().unwrap(), rows);
-        dec_pre.push(pre);
-        dec_in.push(out);
-    }
-    let (dec, _) = dense_forward(&layers.out, layout, p, dec_in.last().unwrap(), rows);
-    let dec_logvar: Vec<f64> = if cfg.likelihood.learns_variance() {
-        tensor(layout, p, DEC_LOGVAR).to_vec()
-    } else {
-        Vec::new()
-    };
-    // The reconstruction terms of every sample row (x repeated per sample; the KL inputs are
-    // placeholders: the latent terms come from `train_terms`).
-    let x_rep: Vec<f64> = x.iter().copied().cycle().take(rows * cfg.input).collect();
-    let none = vec![0.0; rows * cfg.latent];
-    let dims = elbo::Dims {
-        batch: rows,
-        dim: cfg.input,
-        latent: cfg.latent,
-    };
-    let inputs = elbo::Inputs {
-        x: &x_rep,
-        dec: &dec,
-        dec_logvar: &dec_logvar,
-        mu: &none,
-        logvar: &none,
-    };
-    let mut loss = elbo::elbo(cfg.likelihood, beta, 1.0, dims, &inputs);
-    let z = &dec_in[0];
-    let terms = iwae::train_terms(objective, beta, batch, &loss.rec, z, eps, &mu, &logvar);
-    let weigh = |g: &mut [f64]| {
-        for (r, row) in g.chunks_mut(cfg.input).enumerate() {
-            row.iter_mut().for_each(|v| *v *= terms.weights[r]);
-        }
-    };
-    weigh(&mut loss.d_dec);
-    weigh(&mut loss.d_dec_logvar);
+    let dec = chain_forward(&layers.decoder, layout, p, &z, rows);
+    let (out, _) = dense_forward(&layers.out, layout, p, dec.ins.last().unwrap(), rows);
+    let mut loss = sample_row_reconstruction(cfg, layout, p, x, &out, rows);
+    let terms = iwae::train_terms(objective, beta, batch, &loss.rec, &z, eps, &mu, &logvar);
 
     // Backward.
     let mut grads = vec![0.0; layout.len];
-    if cfg.likelihood.learns_variance() {
-        let t = layout.get(DEC_LOGVAR);
-        let g = column_sums(rows, cfg.input, &loss.d_dec_logvar);
-        grads[t.offset..t.offset + t.len()].copy_from_slice(&g);
-    }
-    let mut dy = dense_backward(
+    weigh_reconstruction(cfg, layout, &mut loss, &terms.weights, &mut grads);
+    let d_top = dense_backward(
         &layers.out,
         layout,
         p,
-        dec_in.last().unwrap(),
+        dec.ins.last().unwrap(),
         &loss.d_dec,
         rows,
         &mut grads,
     );
-    for (i, d) in layers.decoder.iter().enumerate().rev() {
-        let dpre = through_activation(d, &dy, &dec_pre[i]);
-        dy = dense_backward(d, layout, p, &dec_in[i], &dpre, rows, &mut grads);
-    }
-    dy.iter_mut().zip(&terms.dz).for_each(|(g, t)| *g += t);
+    let mut dz = chain_backward(&layers.decoder, layout, p, &dec, d_top, rows, &mut grads);
+    dz.iter_mut().zip(&terms.dz).for_each(|(g, t)| *g += t);
     let (mut dmu, mut dlogvar) = (terms.dmu.clone(), terms.dlogvar.clone());
-    sample::reparam_backward(&dy, eps, &logvar, &mut dmu, &mut dlogvar);
-    let from_mu = dense_backward(&layers.mu, layout, p, &top, &dmu, batch, &mut grads);
-    let from_lv = dense_backward(&layers.logvar, layout, p, &top, &dlogvar, batch, &mut grads);
-    let mut dy: Vec<f64> = from_mu.iter().zip(&from_lv).map(|(a, b)| a + b).collect();
-    for (i, d) in layers.encoder.iter().enumerate().rev() {
-        let dpre = through_activation(d, &dy, &enc_pre[i]);
-        dy = dense_backward(d, layout, p, &enc_in[i], &dpre, batch, &mut grads);
-    }
+    sample::reparam_backward(&dz, eps, &logvar, &mut dmu, &mut dlogvar);
+    let d_top = heads.backward(layout, p, top, (&dmu, &dlogvar), batch, &mut grads);
+    chain_backward(&layers.encoder, layout, p, &enc, d_top, batch, &mut grads);
     StepResult {
         total: terms.total.iter().sum(),
         rec: terms.rec.iter().sum(),
