@@ -241,6 +241,45 @@ impl Elbo {
         self.workgroup
     }
 
+    /// `batch_total` alone over per-example `stats` [3, batch] that another kernel wrote (the
+    /// K-sample loss): `batch_sums` = their column sums, `running` += them.
+    pub fn batch_total(
+        &self,
+        gpu: &Gpu,
+        batch: u32,
+        stats: &View,
+        batch_sums: &View,
+        running: &View,
+    ) -> Result<Dispatch> {
+        let label = &self.batch_total.label;
+        check_len(label, "stats", stats, 3 * batch as u64)?;
+        check_len(label, "batch", batch_sums, 4)?;
+        check_len(label, "running", running, RUNNING_LEN as u64)?;
+        let params = gpu.uniform(
+            "elbo.total.params",
+            &Params {
+                batch,
+                dim: 0,
+                latent: 0,
+                _pad: 0,
+                beta: 1.0,
+                scale: 1.0,
+                inv_var: 0.0,
+                rec_const: 0.0,
+            },
+        );
+        gpu.dispatch(
+            &self.batch_total,
+            &[
+                Binding::Uniform(&params),
+                Binding::Storage(stats),
+                Binding::Storage(batch_sums),
+                Binding::Storage(running),
+            ],
+            [1, 1, 1],
+        )
+    }
+
     /// Binds the buffers of one batch shape. `scale` multiplies every gradient (1 for the sum
     /// over the batch, 1/B for the mean); β weights the KL (see [`ElboDispatches::set_beta`]).
     pub fn bind(

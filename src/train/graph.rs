@@ -226,8 +226,6 @@ impl TrainGraph {
             scratch("d_dec_logvar", rows * d)?,
         );
         let (stats, batch_stats) = (scratch("elbo.stats", 3 * rows)?, scratch("elbo.batch", 4)?);
-        // K samples: the per-example loss terms formed from the sample rows' `stats`.
-        let k_stats = scratch("k_samples.stats", 3 * b)?;
 
         let perm = gpu.upload("perm", &(0..items as u32).collect::<Vec<_>>())?;
         let gather = BatchKernel::with_format(gpu, binarize_seed, data.format)?
@@ -264,64 +262,46 @@ impl TrainGraph {
         let dec_logvar = learned.then(|| view(&params, DEC_LOGVAR));
         let elbo_kernel = Elbo::new(gpu, cfg.likelihood)?;
         let d_dec_logvar_out = learned.then_some(&d_dec_logvar);
+        // One sample per example: the fused ELBO. K samples or IWAE: the reconstruction terms of
+        // all K·B sample rows (the KL slots get z and ε as stand-ins whose outputs are discarded:
+        // `train_terms` forms the latent terms), then the per-example totals.
+        let (ignored_dmu, ignored_dlogvar);
+        let (elbo_rows, elbo_mu, elbo_logvar, elbo_dmu, elbo_dlogvar) = if k_path {
+            ignored_dmu = scratch("ignored", rows * l)?;
+            ignored_dlogvar = scratch("ignored", rows * l)?;
+            (rows, &z, &eps, &ignored_dmu, &ignored_dlogvar)
+        } else {
+            (b, &mu, &logvar, &dmu, &dlogvar)
+        };
         let elbo = elbo_kernel.bind(
             gpu,
             ElboShape {
-                batch,
+                batch: elbo_rows as u32,
                 dim: d as u32,
                 latent: l as u32,
             },
             1.0,
             1.0,
             &ElboInputs {
-                x: &x,
+                x: &x_rep,
                 dec: &logits,
                 dec_logvar: dec_logvar.as_ref(),
-                mu: &mu,
-                logvar: &logvar,
+                mu: elbo_mu,
+                logvar: elbo_logvar,
             },
             &ElboOutputs {
-                stats: if k_path { &k_stats } else { &stats },
+                stats: &stats,
                 d_dec: &d_dec,
                 d_dec_logvar: d_dec_logvar_out,
-                dmu: &dmu,
-                dlogvar: &dlogvar,
+                dmu: elbo_dmu,
+                dlogvar: elbo_dlogvar,
                 batch: &batch_stats,
                 running: &running,
             },
         )?;
         let mut k_samples = None;
         if k_path {
-            // The reconstruction terms of all K·B sample rows; the KL slots get z and ε as
-            // stand-ins whose outputs are discarded: `train_terms` forms the latent terms.
-            let (ignored_dmu, ignored_dlogvar) =
-                (scratch("ignored", rows * l)?, scratch("ignored", rows * l)?);
-            let sample_rows = elbo_kernel.bind(
-                gpu,
-                ElboShape {
-                    batch: rows as u32,
-                    dim: d as u32,
-                    latent: l as u32,
-                },
-                1.0,
-                1.0,
-                &ElboInputs {
-                    x: &x_rep,
-                    dec: &logits,
-                    dec_logvar: dec_logvar.as_ref(),
-                    mu: &z,
-                    logvar: &eps,
-                },
-                &ElboOutputs {
-                    stats: &stats,
-                    d_dec: &d_dec,
-                    d_dec_logvar: d_dec_logvar_out,
-                    dmu: &ignored_dmu,
-                    dlogvar: &ignored_dlogvar,
-                    batch: &batch_stats,
-                    running: &running,
-                },
-            )?;
+            let k_stats = scratch("k_samples.stats", 3 * b)?;
             let weights = scratch("k_samples.weights", rows)?;
             let k = KSampleKernels::new(gpu, objective, learned)?.bind(
                 gpu,
@@ -347,14 +327,8 @@ impl TrainGraph {
                     d_dec_logvar: d_dec_logvar_out,
                 },
             )?;
-            // Rows, weights, then the per-example totals (the B-row binding's `batch_total`
-            // over `k_stats`; its own `rows` is never recorded).
-            ops.extend([
-                sample_rows.rows.clone(),
-                k.terms.clone(),
-                elbo.batch_total.clone(),
-                k.scale.clone(),
-            ]);
+            let total = elbo_kernel.batch_total(gpu, batch, &k_stats, &batch_stats, &running)?;
+            ops.extend([elbo.rows.clone(), k.terms.clone(), total, k.scale.clone()]);
             k_samples = Some(k);
         } else {
             ops.extend(elbo.dispatches().into_iter().cloned());
