@@ -10,6 +10,31 @@
 //   state (m_b, s_b) with Σ_k w_k = e^{m_b} s_b: m' = max(m, max_k log w_k),
 //   s' = s e^{m − m'} + Σ_k e^{log w_k − m'}. The host forms m + ln s − ln K in f64.
 //   Every exp argument is ≤ 0, so nothing overflows, and s stays in [1, K].
+//
+// HIERARCHY (several stochastic layers): z_1's prior is p(z_1 | z_2), not N(0, I), and
+// hierarchy.wgsl's `stage_terms` has summed the upper layers' terms per row. Binding 2 then
+// holds those sums [rows] instead of z, and log p(z_1..L)/q(z_1..L|x) = ½ Σ (ε_1² + logσ_1²) +
+// upper[r]. (Reusing the binding keeps every kernel within ten storage buffers.)
+
+override HIERARCHY: bool = false;
+
+// log p(z)/q(z|x) of row r (example b), without β.
+fn log_density_ratio(r: u32, b: u32, l_n: u32) -> f32 {
+    var acc = 0.0;
+    for (var l = 0u; l < l_n; l++) {
+        let e = eps[r * l_n + l];
+        acc += e * e + logvar[b * l_n + l];
+        if (!HIERARCHY) {
+            let zi = z[r * l_n + l];
+            acc -= zi * zi;
+        }
+    }
+    var ratio = 0.5 * acc;
+    if (HIERARCHY) {
+        ratio += z[r];
+    }
+    return ratio;
+}
 
 struct Params {
     batch: u32,   // B
@@ -37,15 +62,7 @@ fn log_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (r >= params.samples * params.batch) {
         return;
     }
-    let b = r % params.batch;
-    let l_n = params.latent;
-    var acc = 0.0;
-    for (var l = 0u; l < l_n; l++) {
-        let zi = z[r * l_n + l];
-        let e = eps[r * l_n + l];
-        acc += e * e + logvar[b * l_n + l] - zi * zi;
-    }
-    log_w[r] = 0.5 * acc - rec[r];
+    log_w[r] = log_density_ratio(r, r % params.batch, params.latent) - rec[r];
 }
 
 @compute @workgroup_size(WG)
@@ -79,6 +96,9 @@ fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 //   OBJECTIVE 1, IWAE: log w_s = −rec_s + β·½ Σ_l (ε² + logσ² − z²), loss = −log (1/K) Σ_s w_s,
 //   w̃ = softmax_s(log w): ∂loss/∂z_s = w̃_s (∂rec_s/∂z_s + β z_s), ∂loss/∂logσ² (explicit) =
 //   −β/2 (Σ_s w̃_s = 1), ∂loss/∂μ (explicit) = 0. The reported rec is mean_s rec_s, kl the rest.
+//   With HIERARCHY, OBJECTIVE 0 is the Monte Carlo ELBO, loss = −mean_s log w_s, w̃ = 1/K (no
+//   layer has an analytic KL), and dz is left alone: z_1's latent gradient comes from
+//   hierarchy.wgsl's `stage_grads` of the stage above.
 // scale_rows: d_dec[r, :] *= w̃_r (and d_dec_logvar), one workgroup per row.
 
 override OBJECTIVE: u32 = 0u;
@@ -103,16 +123,6 @@ struct TrainParams {
 @group(0) @binding(9) var<storage, read_write> dlogvar: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dz: array<f32>;
 
-fn latent_term(r: u32, b: u32) -> f32 {
-    let l_n = tparams.latent;
-    var acc = 0.0;
-    for (var l = 0u; l < l_n; l++) {
-        let zi = z[r * l_n + l];
-        let e = eps[r * l_n + l];
-        acc += e * e + logvar[b * l_n + l] - zi * zi;
-    }
-    return 0.5 * tparams.beta * acc;
-}
 
 @compute @workgroup_size(WG)
 fn train_terms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -130,7 +140,7 @@ fn train_terms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         rec_sum += rec[s * n + b];
     }
     let rec_mean = rec_sum / f32(k_n);
-    if (OBJECTIVE == 0u) {
+    if (OBJECTIVE == 0u && !HIERARCHY) {
         var kl = 0.0;
         for (var l = 0u; l < l_n; l++) {
             let i = b * l_n + l;
@@ -154,34 +164,48 @@ fn train_terms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         stats_out[2u * n + b] = rec_mean + beta * kl;
         return;
     }
-    // IWAE: the weights, stably (every exponent ≤ 0).
+    // The log-weights; for IWAE their normalized exponentials, stably (every exponent ≤ 0).
     var m = -3.4028235e38;
+    var lw_sum = 0.0;
     for (var s = 0u; s < k_n; s++) {
         let r = s * n + b;
-        let lw = latent_term(r, b) - rec[r];
+        let lw = beta * log_density_ratio(r, b, l_n) - rec[r];
         weights[r] = lw;
         m = max(m, lw);
+        lw_sum += lw;
     }
-    var total = 0.0;
-    for (var s = 0u; s < k_n; s++) {
-        let r = s * n + b;
-        let e = exp(weights[r] - m);
-        weights[r] = e;
-        total += e;
+    var loss = -lw_sum / f32(k_n);
+    if (OBJECTIVE == 1u) {
+        var total = 0.0;
+        for (var s = 0u; s < k_n; s++) {
+            let r = s * n + b;
+            let e = exp(weights[r] - m);
+            weights[r] = e;
+            total += e;
+        }
+        for (var s = 0u; s < k_n; s++) {
+            let r = s * n + b;
+            weights[r] /= total;
+        }
+        loss = -(m + log(total) - log(f32(k_n)));
+    } else {
+        for (var s = 0u; s < k_n; s++) {
+            weights[s * n + b] = 1.0 / f32(k_n);
+        }
     }
-    for (var s = 0u; s < k_n; s++) {
-        let r = s * n + b;
-        let w = weights[r] / total;
-        weights[r] = w;
-        for (var l = 0u; l < l_n; l++) {
-            dz[r * l_n + l] = w * beta * z[r * l_n + l];
+    if (!HIERARCHY) {
+        for (var s = 0u; s < k_n; s++) {
+            let r = s * n + b;
+            let w = weights[r];
+            for (var l = 0u; l < l_n; l++) {
+                dz[r * l_n + l] = w * beta * z[r * l_n + l];
+            }
         }
     }
     for (var l = 0u; l < l_n; l++) {
         dmu[b * l_n + l] = 0.0;
         dlogvar[b * l_n + l] = -0.5 * beta;
     }
-    let loss = -(m + log(total) - log(f32(k_n)));
     stats_out[b] = rec_mean;
     stats_out[n + b] = loss - rec_mean;
     stats_out[2u * n + b] = loss;

@@ -27,7 +27,7 @@ fn chunk(rng: &mut Lcg, samples: usize, batch: usize, latent: usize, rec: (f64, 
 
 /// Runs the chunks through the kernels; returns each chunk's log-weights and the final state.
 fn run(gpu: &Gpu, chunks: &[Chunk], logvar: &[f32], batch: usize) -> (Vec<Vec<f32>>, Vec<f32>) {
-    let kernels = IwaeKernels::new(gpu).unwrap();
+    let kernels = IwaeKernels::new(gpu, false).unwrap();
     let latent = logvar.len() / batch;
     let state = gpu.upload("state", &initial_state(batch)).unwrap();
     let lv = gpu.upload("logvar", logvar).unwrap();

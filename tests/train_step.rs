@@ -254,37 +254,100 @@ fn k_sample_step_matches_cpu_reference() {
     }
 }
 
-/// Hierarchical configurations have no device graph yet: a clear error, never a silent
-/// one-layer run.
+/// Hierarchical models (2 and 3 stochastic layers, hidden layers in some stages and none in
+/// others) on the device against `cpu::hvae::step`: loss and gradient for both objectives, K
+/// samples, β ≠ 1, every likelihood family.
 #[test]
-fn a_hierarchical_model_is_refused_by_the_device_graph() {
-    let gpu = all_gpus().remove(0);
-    let cfg = VaeConfig {
-        input: 12,
-        hidden: vec![8],
-        latent: 4,
-        act: Activation::Tanh,
-        likelihood: Likelihood::Bernoulli,
-        upper: vec![vae_wgpu::model::Stage {
-            hidden: vec![4],
+fn hierarchical_step_matches_cpu_reference() {
+    use vae_wgpu::cpu::hvae;
+    use vae_wgpu::model::Stage;
+    let two = vec![Stage {
+        hidden: vec![6],
+        latent: 3,
+    }];
+    let three = vec![
+        Stage {
+            hidden: vec![7, 5],
+            latent: 4,
+        },
+        Stage {
+            hidden: vec![],
             latent: 2,
-        }],
-    };
-    let data = DeviceData::bytes(
-        upload_pixels(&gpu, "pixels", &[1u8; 12 * 4]).unwrap(),
-        4,
-        12,
-    );
-    let opts = GraphOptions {
-        batch: 2,
-        adam: AdamConfig::default(),
-        seed: 1,
-        binarize_seed: None,
-        objective: Objective::Elbo,
-        samples: 1,
-    };
-    let err = TrainGraph::new(&gpu, &cfg, &opts, &data, None)
-        .err()
-        .expect("must be refused");
-    assert!(err.to_string().contains("2 stochastic layers"), "{err}");
+        },
+    ];
+    let cases = [
+        (two.clone(), Likelihood::Bernoulli, Objective::Iwae, 5),
+        (two, Likelihood::Gaussian { sigma: 0.5 }, Objective::Elbo, 1),
+        (three.clone(), Likelihood::Bernoulli, Objective::Elbo, 3),
+        (
+            three,
+            Likelihood::GaussianLearned { shared: true },
+            Objective::Iwae,
+            2,
+        ),
+    ];
+    for gpu in all_gpus() {
+        for (upper, likelihood, objective, k) in cases.clone() {
+            let cfg = VaeConfig {
+                input: 29,
+                hidden: vec![11],
+                latent: 5,
+                act: Activation::Tanh,
+                likelihood,
+                upper,
+            };
+            let (batch, items) = (6u32, 11usize);
+            let (pixels, data) = random_dataset(&gpu, items, cfg.input, 8);
+            let opts = GraphOptions {
+                batch,
+                adam: AdamConfig::default(),
+                seed: 3,
+                binarize_seed: None,
+                objective,
+                samples: k,
+            };
+            let g = TrainGraph::new(&gpu, &cfg, &opts, &data, None).unwrap();
+            assert_eq!(g.upper_eps.len(), cfg.upper.len());
+            let init = init_params(&cfg, &g.layout, 4);
+            gpu.write(&g.params, &init);
+            let perm: Vec<u32> = (0..items as u32).map(|i| (i * 5) % items as u32).collect();
+            g.set_permutation(&gpu, &perm);
+            let p_ref = to_f64(&init);
+            let beta = 0.7;
+            for step in 0..2u64 {
+                let first = step as usize * 5;
+                g.prepare(
+                    &gpu,
+                    &StepInputs {
+                        first: first as u32,
+                        step,
+                        lr: 1e-3,
+                        beta: beta as f32,
+                        draw: 0,
+                    },
+                );
+                gpu.run(&g.gradient_dispatches()).unwrap();
+                let mut eps: Vec<f32> = gpu.read(&g.eps).unwrap();
+                for e in &g.upper_eps {
+                    eps.extend(gpu.read::<f32>(e).unwrap());
+                }
+                let grads: Vec<f32> = gpu.read(&g.grads).unwrap();
+                let stats: Vec<f32> = gpu.read(&g.batch_stats).unwrap();
+                let x = cpu_batch::gather(&pixels, cfg.input, &perm, first, batch as usize);
+                let r = hvae::step(&cfg, &g.layout, &p_ref, &x, &to_f64(&eps), objective, beta);
+                let name = format!(
+                    "{} layers {likelihood:?} {objective:?} K={k} step {step} on {}",
+                    cfg.upper.len() + 1,
+                    gpu.describe()
+                );
+                for (got, want, what) in [(stats[0], r.total, "total"), (stats[1], r.rec, "rec")] {
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "{name}: {what} {got} vs {want}"
+                    );
+                }
+                compare(&format!("{name} grad"), &g.layout, &grads, &r.grads);
+            }
+        }
+    }
 }

@@ -31,6 +31,100 @@ struct StageValues {
     p_logvar: Vec<f64>,
 }
 
+impl StageValues {
+    fn values<'a>(&'a self, z_below: &'a [f64], rows: usize) -> StageRef<'a> {
+        StageRef {
+            rows,
+            eps: &self.eps,
+            q_logvar: &self.q_logvar,
+            z: &self.z,
+            z_below,
+            p_mu: &self.p_mu,
+            p_logvar: &self.p_logvar,
+        }
+    }
+}
+
+/// One upper stage's values, row-major over R sample rows: the noise, log-variance and draw of
+/// q(z | z_below) [R, L], and z_below with p(z_below | z) [R, Lb].
+pub struct StageRef<'a> {
+    pub rows: usize,
+    pub eps: &'a [f64],
+    pub q_logvar: &'a [f64],
+    pub z: &'a [f64],
+    pub z_below: &'a [f64],
+    pub p_mu: &'a [f64],
+    pub p_logvar: &'a [f64],
+}
+
+impl StageRef<'_> {
+    /// (R, L, Lb).
+    fn dims(&self) -> (usize, usize, usize) {
+        let r = self.rows;
+        (r, self.z.len() / r, self.z_below.len() / r)
+    }
+}
+
+/// The stage's part of each row's log p/q (shaders/hierarchy.wgsl, `stage_terms`):
+/// ½Σ(ε² + q_logvar) − ½Σ((z_below − p_mu)² e^{−p_logvar} + p_logvar), and −½Σz² for the top.
+pub fn stage_terms(s: &StageRef, top: bool) -> Vec<f64> {
+    let (rows, l, lb) = s.dims();
+    (0..rows)
+        .map(|r| {
+            let q: f64 = (r * l..(r + 1) * l)
+                .map(|i| s.eps[i] * s.eps[i] + s.q_logvar[i])
+                .sum();
+            let p: f64 = (r * lb..(r + 1) * lb)
+                .map(|i| {
+                    let d = s.z_below[i] - s.p_mu[i];
+                    d * d * (-s.p_logvar[i]).exp() + s.p_logvar[i]
+                })
+                .sum();
+            let prior: f64 = (r * l..(r + 1) * l).map(|i| s.z[i] * s.z[i]).sum();
+            0.5 * (q - p) - if top { 0.5 * prior } else { 0.0 }
+        })
+        .collect()
+}
+
+/// Gradients of −Σ_r g_r·t_r (`stage_grads`): for p's heads, z_below's explicit term and, for
+/// the top stage, z's prior term.
+pub struct PriorGrads {
+    pub dp_mu: Vec<f64>,
+    pub dp_logvar: Vec<f64>,
+    pub dz_below: Vec<f64>,
+    pub dz: Option<Vec<f64>>,
+}
+
+/// `g` [R]: each row's normalized weight times β.
+pub fn stage_grads(s: &StageRef, g: &[f64], top: bool) -> PriorGrads {
+    let (_, l, lb) = s.dims();
+    let n = s.z_below.len();
+    let (mut dp_mu, mut dp_logvar, mut dz_below) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    for i in 0..n {
+        let gr = g[i / lb];
+        let prec = (-s.p_logvar[i]).exp();
+        let d = s.z_below[i] - s.p_mu[i];
+        dp_mu[i] = -gr * d * prec;
+        dp_logvar[i] = gr * 0.5 * (1.0 - d * d * prec);
+        dz_below[i] = gr * d * prec;
+    }
+    let dz = top.then(|| (0..s.z.len()).map(|i| g[i / l] * s.z[i]).collect());
+    PriorGrads {
+        dp_mu,
+        dp_logvar,
+        dz_below,
+        dz,
+    }
+}
+
+/// ∂loss/∂q_logvar from the complete dz (`posterior_grads`): dz·ε·½e^{q_logvar/2} − g/2.
+pub fn posterior_grads(eps: &[f64], q_logvar: &[f64], dz: &[f64], g: &[f64]) -> Vec<f64> {
+    let l = dz.len() / g.len();
+    (0..dz.len())
+        .map(|i| dz[i] * eps[i] * 0.5 * (0.5 * q_logvar[i]).exp() - 0.5 * g[i / l])
+        .collect()
+}
+
 /// Loss and gradient of `objective` for a hierarchical model on one batch `x` [B, D], with the
 /// noise of every stochastic layer in `eps`: [K·B, L_1], then [K·B, L_2], … (row s·B + b).
 pub fn step(
@@ -98,31 +192,29 @@ pub fn step(
     let (out, _) = dense_forward(&layers.out, layout, p, dec.ins.last().unwrap(), rows);
     let mut loss = sample_row_reconstruction(cfg, layout, p, x, &out, rows);
 
-    // The latent terms of each row: −log q of every layer, log p of every z below the top
-    // given the one above, log p(z_L).
-    let row_sum =
-        |l: usize, r: usize, f: &dyn Fn(usize) -> f64| -> f64 { (r * l..(r + 1) * l).map(f).sum() };
+    // The latent terms of each row: −log q(z_1|x), then every upper stage's (or z_1's N(0, I)
+    // prior in a one-layer model).
     let l1 = latents[0];
-    let mut lat = vec![0.0; rows];
-    for (r, lt) in lat.iter_mut().enumerate() {
-        let b = r % batch;
-        let e1 = eps_at[0];
-        *lt += 0.5 * row_sum(l1, r, &|i| e1[i] * e1[i] + logvar1[b * l1 + i % l1]);
-        for (j, st) in stages.iter().enumerate() {
-            let (l, lb) = (latents[j + 1], latents[j]);
-            let below = if j == 0 { &z1 } else { &stages[j - 1].z };
-            *lt += 0.5 * row_sum(l, r, &|i| st.eps[i] * st.eps[i] + st.q_logvar[i]);
-            *lt -= 0.5
-                * row_sum(lb, r, &|i| {
-                    let d = below[i] - st.p_mu[i];
-                    d * d * (-st.p_logvar[i]).exp() + st.p_logvar[i]
-                });
-        }
-        let (top_z, lt_n) = (
-            stages.last().map_or(&z1, |s| &s.z),
-            *latents.last().unwrap(),
-        );
-        *lt -= 0.5 * row_sum(lt_n, r, &|i| top_z[i] * top_z[i]);
+    let mut lat: Vec<f64> = (0..rows)
+        .map(|r| {
+            let b = r % batch;
+            (0..l1)
+                .map(|i| {
+                    let e = eps_at[0][r * l1 + i];
+                    let mut t = e * e + logvar1[b * l1 + i];
+                    if stages.is_empty() {
+                        t -= z1[r * l1 + i] * z1[r * l1 + i];
+                    }
+                    0.5 * t
+                })
+                .sum()
+        })
+        .collect();
+    let top_stage = stages.len().saturating_sub(1);
+    for (j, st) in stages.iter().enumerate() {
+        let below = if j == 0 { &z1 } else { &stages[j - 1].z };
+        let terms = stage_terms(&st.values(below, rows), j == top_stage);
+        lat.iter_mut().zip(terms).for_each(|(a, t)| *a += t);
     }
     let log_w: Vec<f64> = (0..rows).map(|r| beta * lat[r] - loss.rec[r]).collect();
     let mut weights = vec![0.0; rows];
@@ -161,30 +253,24 @@ pub fn step(
     // dz[l]: ∂loss/∂z_l, complete once every stage above l has run.
     let mut dz: Vec<Vec<f64>> = latents.iter().map(|&l| vec![0.0; rows * l]).collect();
     dz[0] = chain_backward(&layers.decoder, layout, p, &dec, d_top, rows, &mut grads);
-    let top_l = latents.len() - 1;
-    let top_z = stages.last().map_or(&z1, |s| &s.z).clone();
-    for (i, g) in dz[top_l].iter_mut().enumerate() {
-        *g += weights[i / latents[top_l]] * beta * top_z[i];
+    let g: Vec<f64> = weights.iter().map(|w| w * beta).collect();
+    if stages.is_empty() {
+        for (i, d) in dz[0].iter_mut().enumerate() {
+            *d += g[i / l1] * z1[i];
+        }
     }
     for (j, st) in layers.upper.iter().enumerate().rev() {
         let v = &stages[j];
-        let (l, lb) = (latents[j + 1], latents[j]);
-        let below = if j == 0 {
-            z1.clone()
-        } else {
-            stages[j - 1].z.clone()
-        };
-        // Generative path p(z_below | z_l): its (μ, logσ²) gradients, and the explicit term in
-        // z_below.
-        let mut dmu_p = vec![0.0; rows * lb];
-        let mut dlv_p = vec![0.0; rows * lb];
-        for i in 0..rows * lb {
-            let g = weights[i / lb] * beta;
-            let prec = (-v.p_logvar[i]).exp();
-            let d = below[i] - v.p_mu[i];
-            dmu_p[i] = -g * d * prec;
-            dlv_p[i] = g * 0.5 * (1.0 - d * d * prec);
-            dz[j][i] += g * d * prec;
+        let below = if j == 0 { &z1 } else { &stages[j - 1].z };
+        let values = v.values(below, rows);
+        // Generative path p(z_below | z): its heads' gradients and the explicit term in z_below.
+        let prior = stage_grads(&values, &g, j == top_stage);
+        dz[j]
+            .iter_mut()
+            .zip(&prior.dz_below)
+            .for_each(|(a, b)| *a += b);
+        if let Some(d) = &prior.dz {
+            dz[j + 1].iter_mut().zip(d).for_each(|(a, b)| *a += b);
         }
         let heads = Heads {
             mu: &st.p_mu,
@@ -194,20 +280,14 @@ pub fn step(
             layout,
             p,
             v.p.ins.last().unwrap(),
-            (&dmu_p, &dlv_p),
+            (&prior.dp_mu, &prior.dp_logvar),
             rows,
             &mut grads,
         );
         let from_p = chain_backward(&st.p_hidden, layout, p, &v.p, d_pt, rows, &mut grads);
         dz[j + 1].iter_mut().zip(&from_p).for_each(|(a, b)| *a += b);
-        // Reparameterization and inference path q(z_l | z_below).
-        let dmu_q = dz[j + 1].clone();
-        let dlv_q: Vec<f64> = (0..rows * l)
-            .map(|i| {
-                dz[j + 1][i] * v.eps[i] * 0.5 * (0.5 * v.q_logvar[i]).exp()
-                    - weights[i / l] * beta * 0.5
-            })
-            .collect();
+        // Reparameterization and inference path q(z | z_below); q's mean takes dz itself.
+        let dq_logvar = posterior_grads(&v.eps, &v.q_logvar, &dz[j + 1], &g);
         let heads = Heads {
             mu: &st.q_mu,
             logvar: &st.q_logvar,
@@ -216,7 +296,7 @@ pub fn step(
             layout,
             p,
             v.q.ins.last().unwrap(),
-            (&dmu_q, &dlv_q),
+            (&dz[j + 1], &dq_logvar),
             rows,
             &mut grads,
         );

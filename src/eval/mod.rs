@@ -131,7 +131,7 @@ impl IwaeGraph {
         )?;
         let state = scratch("iwae.state", 2 * b)?;
         let log_w = scratch("iwae.log_w", rows)?;
-        let iwae = IwaeKernels::new(gpu)?.bind(
+        let iwae = IwaeKernels::new(gpu, !cfg.upper.is_empty())?.bind(
             gpu,
             IwaeShape {
                 batch: b as u32,

@@ -38,6 +38,8 @@ pub struct IwaeShape {
 pub struct IwaeBuffers<'a> {
     /// [S·B] negative log-likelihoods (the first S·B entries of elbo.wgsl's stats).
     pub rec: &'a View,
+    /// [S·B, L]; for a hierarchy the upper layers' summed latent terms [S·B] instead
+    /// (`shaders/hierarchy.wgsl`).
     pub z: &'a View,
     pub eps: &'a View,
     /// [B, L] of the posterior.
@@ -51,6 +53,7 @@ pub struct IwaeBuffers<'a> {
 pub struct IwaeKernels {
     log_weights: Kernel,
     accumulate: Kernel,
+    hierarchy: bool,
 }
 
 /// Record `log_weights` then `accumulate`, after the chunk's decoder and ELBO rows.
@@ -100,11 +103,14 @@ pub fn finish(state: &[f32], samples: u64) -> Vec<f64> {
 }
 
 impl IwaeKernels {
-    pub fn new(gpu: &Gpu) -> Result<Self> {
+    /// `hierarchy`: the model has stochastic layers above z_1 (see [`IwaeBuffers::z`]).
+    pub fn new(gpu: &Gpu, hierarchy: bool) -> Result<Self> {
         let src = compose("iwae.wgsl");
+        let constants = [("HIERARCHY", hierarchy as u8 as f64)];
         Ok(Self {
-            log_weights: gpu.kernel("iwae.log_weights", &src, "log_weights", SLOTS, &[])?,
-            accumulate: gpu.kernel("iwae.accumulate", &src, "accumulate", SLOTS, &[])?,
+            log_weights: gpu.kernel("iwae.log_weights", &src, "log_weights", SLOTS, &constants)?,
+            accumulate: gpu.kernel("iwae.accumulate", &src, "accumulate", SLOTS, &constants)?,
+            hierarchy,
         })
     }
 
@@ -122,7 +128,12 @@ impl IwaeKernels {
         let rows = samples as u64 * batch as u64;
         let label = &self.log_weights.label;
         check_len(label, "rec", bufs.rec, rows)?;
-        check_len(label, "z", bufs.z, rows * latent as u64)?;
+        let z_len = if self.hierarchy {
+            rows
+        } else {
+            rows * latent as u64
+        };
+        check_len(label, "z", bufs.z, z_len)?;
         check_len(label, "eps", bufs.eps, rows * latent as u64)?;
         check_len(label, "logvar", bufs.logvar, batch as u64 * latent as u64)?;
         check_len(label, "log_w", bufs.log_w, rows)?;
@@ -236,8 +247,10 @@ pub struct KSampleShape {
 pub struct KSampleBuffers<'a> {
     /// [K·B] reconstruction NLLs (elbo.wgsl's `rows` stats over the sample rows).
     pub rec: &'a View,
-    /// [K·B, L].
+    /// [K·B, L]; for a hierarchy the upper layers' summed latent terms [K·B] instead
+    /// (`shaders/hierarchy.wgsl`).
     pub z: &'a View,
+    /// [K·B, L].
     pub eps: &'a View,
     /// [B, L].
     pub mu: &'a View,
@@ -249,7 +262,8 @@ pub struct KSampleBuffers<'a> {
     /// [B, L]: the latent terms' gradients (the sample backward adds the decoder's).
     pub dmu: &'a View,
     pub dlogvar: &'a View,
-    /// [K·B, L]: the latent terms' part of ∂loss/∂z (the backward matmul adds the decoder's).
+    /// [K·B, L]: the latent terms' part of ∂loss/∂z (the backward matmul adds the decoder's);
+    /// not written for a hierarchy (the stage above adds z_1's latent terms).
     pub dz: &'a View,
     /// [K·B, D]: ∂rec/∂(decoder output), scaled in place by each row's weight.
     pub d_dec: &'a View,
@@ -260,6 +274,7 @@ pub struct KSampleBuffers<'a> {
 pub struct KSampleKernels {
     terms: Kernel,
     scale: Kernel,
+    hierarchy: bool,
 }
 
 /// `terms` runs after the ELBO rows, `scale` after it and before the backward.
@@ -279,7 +294,13 @@ impl KSampleDispatches {
 }
 
 impl KSampleKernels {
-    pub fn new(gpu: &Gpu, objective: Objective, learned_variance: bool) -> Result<Self> {
+    /// `hierarchy`: the model has stochastic layers above z_1 (see [`KSampleBuffers::z`]).
+    pub fn new(
+        gpu: &Gpu,
+        objective: Objective,
+        learned_variance: bool,
+        hierarchy: bool,
+    ) -> Result<Self> {
         let src = compose("iwae.wgsl");
         let name = format!("{objective:?}").to_lowercase();
         Ok(Self {
@@ -288,7 +309,10 @@ impl KSampleKernels {
                 &src,
                 "train_terms",
                 TERMS_SLOTS,
-                &[("OBJECTIVE", objective.id())],
+                &[
+                    ("OBJECTIVE", objective.id()),
+                    ("HIERARCHY", hierarchy as u8 as f64),
+                ],
             )?,
             scale: gpu.kernel(
                 "k_samples.scale_rows",
@@ -297,6 +321,7 @@ impl KSampleKernels {
                 SCALE_SLOTS,
                 &[("LEARNED_VARIANCE", learned_variance as u8 as f64)],
             )?,
+            hierarchy,
         })
     }
 
@@ -317,7 +342,7 @@ impl KSampleKernels {
         let label = &self.terms.label;
         for (name, v, need) in [
             ("rec", bufs.rec, k * b),
-            ("z", bufs.z, k * b * l),
+            ("z", bufs.z, if self.hierarchy { k * b } else { k * b * l }),
             ("eps", bufs.eps, k * b * l),
             ("mu", bufs.mu, b * l),
             ("logvar", bufs.logvar, b * l),

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod conv;
 pub mod elbo;
 pub mod gauss_kl;
+pub mod hierarchy;
 pub mod iwae;
 pub mod matmul;
 pub mod reduce;
@@ -24,6 +25,10 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("conv.wgsl", include_str!("../../shaders/conv.wgsl")),
     ("elbo.wgsl", include_str!("../../shaders/elbo.wgsl")),
     ("gauss_kl.wgsl", include_str!("../../shaders/gauss_kl.wgsl")),
+    (
+        "hierarchy.wgsl",
+        include_str!("../../shaders/hierarchy.wgsl"),
+    ),
     ("iwae.wgsl", include_str!("../../shaders/iwae.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     (
@@ -105,6 +110,10 @@ pub const MODULES: &[ModuleSpec] = &[
     },
     ModuleSpec {
         family: "gauss_kl.wgsl",
+        needs_subgroups: false,
+    },
+    ModuleSpec {
+        family: "hierarchy.wgsl",
         needs_subgroups: false,
     },
     ModuleSpec {

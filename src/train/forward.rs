@@ -7,6 +7,7 @@ use std::collections::hash_map::Entry;
 
 use crate::gpu::{Dispatch, Gpu, Result, View};
 use crate::kernels::Activation;
+use crate::kernels::hierarchy::{HierarchyKernels, StageShape, StageValues};
 use crate::kernels::matmul::{Layout, Matmul, MatmulConfig, MatmulVariant};
 use crate::kernels::sample::{SampleShape, Sampler};
 use crate::model::{Dense, ParamLayout, VaeConfig};
@@ -107,6 +108,14 @@ pub struct LayerBuffers {
     pub out: View,
 }
 
+/// A diagonal Gaussian computed by an MLP: its hidden layers' buffers and the (μ, logσ²) heads,
+/// [rows, width] each.
+pub struct Gaussian {
+    pub hidden: Vec<LayerBuffers>,
+    pub mu: View,
+    pub logvar: View,
+}
+
 /// The encoder's buffers for `rows` inputs and its dispatches.
 pub struct Encoded {
     /// Hidden layers, [rows, width] each.
@@ -115,6 +124,16 @@ pub struct Encoded {
     pub mu: View,
     pub logvar: View,
     pub dispatches: Vec<Dispatch>,
+}
+
+/// One stochastic layer above z_1 on the sample rows: q(z | z_below), its draw, and
+/// p(z_below | z).
+pub struct StageForward {
+    pub q: Gaussian,
+    /// [rows, L].
+    pub eps: View,
+    pub z: View,
+    pub p: Gaussian,
 }
 
 /// The decoder's buffers for `rows` latents and its dispatches.
@@ -140,6 +159,10 @@ pub struct Forward {
     pub dec: Vec<LayerBuffers>,
     /// Logits (Bernoulli) or means (Gaussian), [samples·rows, D].
     pub out: View,
+    /// The stochastic layers above z_1 (empty for a one-layer model), on the samples·rows rows,
+    /// and the sum of their latent terms per row (`shaders/hierarchy.wgsl`).
+    pub stages: Vec<StageForward>,
+    pub upper_terms: Option<View>,
     pub dispatches: Vec<Dispatch>,
 }
 
@@ -210,46 +233,109 @@ impl Net<'_, '_> {
 }
 
 impl Net<'_, '_> {
-    /// Records the encoder on `x` ([rows, D]).
-    /// Hierarchical models have a CPU reference (`cpu::hvae`) but no device graph yet: refuse
-    /// them rather than silently run their first layer alone.
-    fn check_single_layer(&self) -> Result<()> {
-        if self.cfg.upper.is_empty() {
-            return Ok(());
+    /// Records a Gaussian MLP on `input` ([rows, ·]): the hidden stack, then both heads.
+    pub(crate) fn gaussian(
+        &mut self,
+        hidden: &[Dense],
+        (mu_head, logvar_head): (&Dense, &Dense),
+        input: &View,
+        rows: usize,
+        dispatches: &mut Vec<Dispatch>,
+    ) -> Result<Gaussian> {
+        let (hidden_bufs, top) = self.stack(hidden, input, rows, dispatches)?;
+        let len = (rows * mu_head.fan_out) as u64;
+        let mu = self.gpu.zeros(&format!("{}.out", mu_head.name), len)?;
+        let logvar = self.gpu.zeros(&format!("{}.out", logvar_head.name), len)?;
+        for (head, out) in [(mu_head, &mu), (logvar_head, &logvar)] {
+            dispatches.push(self.dense(head, &top, out, rows, None)?);
         }
-        Err(crate::gpu::GpuError::Shape {
-            kernel: "vae graph".into(),
-            reason: format!(
-                "{} stochastic layers: the device graphs run one stochastic layer so far",
-                self.cfg.upper.len() + 1
-            ),
+        Ok(Gaussian {
+            hidden: hidden_bufs,
+            mu,
+            logvar,
         })
     }
 
+    /// Records the encoder q(z_1 | x) on `x` ([rows, D]).
     pub(crate) fn encode(&mut self, x: &View, rows: usize) -> Result<Encoded> {
-        self.check_single_layer()?;
         let layers = self.cfg.layers();
         let mut dispatches = Vec::new();
-        let (enc, top) = self.stack(&layers.encoder, x, rows, &mut dispatches)?;
-        let head_len = (rows * self.cfg.latent) as u64;
-        let (mu, logvar) = (
-            self.gpu.zeros("mu", head_len)?,
-            self.gpu.zeros("logvar", head_len)?,
-        );
-        for (head, out) in [(&layers.mu, &mu), (&layers.logvar, &logvar)] {
-            dispatches.push(self.dense(head, &top, out, rows, None)?);
-        }
+        let q = self.gaussian(
+            &layers.encoder,
+            (&layers.mu, &layers.logvar),
+            x,
+            rows,
+            &mut dispatches,
+        )?;
         Ok(Encoded {
-            enc,
-            mu,
-            logvar,
+            enc: q.hidden,
+            mu: q.mu,
+            logvar: q.logvar,
             dispatches,
         })
     }
 
+    /// Records the stochastic layers above z_1 on `rows` draws `z1` ([rows, L_1]): each stage's
+    /// q, a draw from `sampler`'s stream 1 + its index, and p; then their latent terms.
+    fn upper(
+        &mut self,
+        z1: &View,
+        rows: usize,
+        sampler: &Sampler,
+        dispatches: &mut Vec<Dispatch>,
+    ) -> Result<(Vec<StageForward>, Option<View>)> {
+        let layers = self.cfg.layers();
+        if layers.upper.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        let gpu = self.gpu;
+        let mut stages: Vec<StageForward> = Vec::new();
+        for (j, st) in layers.upper.iter().enumerate() {
+            let below = stages.last().map_or(z1, |s| &s.z).clone();
+            let q = self.gaussian(
+                &st.q_hidden,
+                (&st.q_mu, &st.q_logvar),
+                &below,
+                rows,
+                dispatches,
+            )?;
+            let l = st.q_mu.fan_out;
+            let z = gpu.zeros(&format!("z{}", j + 2), (rows * l) as u64)?;
+            let eps = gpu.zeros(&format!("eps{}", j + 2), (rows * l) as u64)?;
+            let shape = SampleShape {
+                rows: rows as u32,
+                cols: l as u32,
+                samples: 1,
+            };
+            dispatches.push(sampler.forward(
+                gpu,
+                shape,
+                1 + j as u32,
+                &q.mu,
+                &q.logvar,
+                &z,
+                &eps,
+            )?);
+            let p = self.gaussian(&st.p_hidden, (&st.p_mu, &st.p_logvar), &z, rows, dispatches)?;
+            stages.push(StageForward { q, eps, z, p });
+        }
+        let kernels = HierarchyKernels::new(gpu)?;
+        let terms = gpu.zeros("upper_terms", rows as u64)?;
+        for (j, st) in stages.iter().enumerate() {
+            let below = if j == 0 { z1 } else { &stages[j - 1].z };
+            let shape = StageShape {
+                rows: rows as u32,
+                latent: (st.z.len / rows as u64) as u32,
+                below: (below.len / rows as u64) as u32,
+                top: j + 1 == stages.len(),
+            };
+            dispatches.push(kernels.terms(gpu, shape, &st.values(below), &terms, j > 0)?);
+        }
+        Ok((stages, Some(terms)))
+    }
+
     /// Records the decoder on `z` ([rows, L]).
     pub(crate) fn decode(&mut self, z: &View, rows: usize) -> Result<Decoded> {
-        self.check_single_layer()?;
         let layers = self.cfg.layers();
         let mut dispatches = Vec::new();
         let (dec, last) = self.stack(&layers.decoder, z, rows, &mut dispatches)?;
@@ -286,6 +372,7 @@ impl Forward {
             samples,
         };
         dispatches.push(sampler.forward(gpu, shape, 0, &e.mu, &e.logvar, &z, &eps)?);
+        let (stages, upper_terms) = net.upper(&z, drawn, sampler, &mut dispatches)?;
         let d = net.decode(&z, drawn)?;
         dispatches.extend(d.dispatches);
         Ok(Self {
@@ -296,7 +383,23 @@ impl Forward {
             eps,
             dec: d.dec,
             out: d.out,
+            stages,
+            upper_terms,
             dispatches,
         })
+    }
+}
+
+impl StageForward {
+    /// This stage's values for the latent-term kernels, with the layer below it.
+    pub fn values<'a>(&'a self, z_below: &'a View) -> StageValues<'a> {
+        StageValues {
+            eps: &self.eps,
+            q_logvar: &self.q.logvar,
+            z: &self.z,
+            z_below,
+            p_mu: &self.p.mu,
+            p_logvar: &self.p.logvar,
+        }
     }
 }

@@ -10,15 +10,16 @@ use crate::kernels::batch::{BatchKernel, Gather};
 use crate::kernels::elbo::{
     Elbo, ElboDispatches, ElboInputs, ElboOutputs, ElboShape, RUNNING_LEN, Running,
 };
+use crate::kernels::hierarchy::{HierarchyKernels, StageGradDispatches, StageGrads, StageShape};
 use crate::kernels::iwae::{
     KSampleBuffers, KSampleDispatches, KSampleKernels, KSampleShape, Objective,
 };
 use crate::kernels::matmul::{Layout, MatmulConfig};
 use crate::kernels::reduce::{ReduceKernels, SumOf};
 use crate::kernels::sample::{SampleShape, Sampler};
-use crate::model::{DEC_LOGVAR, Dense, ParamLayout, VaeConfig};
+use crate::model::{DEC_LOGVAR, Dense, Layers, ParamLayout, VaeConfig};
 
-use super::forward::{Forward, Matmuls, Net, tensor};
+use super::forward::{Forward, LayerBuffers, Matmuls, Net, StageForward, tensor};
 
 /// What a graph is built for: the batch size, the optimizer, the seed of its random streams,
 /// whether the gather binarizes (with its own seed), and the objective with its sample count.
@@ -69,10 +70,11 @@ fn check_fits(gpu: &Gpu, cfg: &VaeConfig, layout: &ParamLayout, batch: u32) -> R
         });
     }
     let widest = cfg
-        .hidden
+        .layers()
+        .all()
         .iter()
-        .copied()
-        .chain([cfg.input, cfg.latent])
+        .map(|d| d.fan_out)
+        .chain([cfg.input])
         .max()
         .unwrap_or(1);
     let activations = batch as u64 * widest as u64 * 4;
@@ -143,6 +145,10 @@ pub struct TrainGraph {
     elbo: ElboDispatches,
     /// With K samples or the IWAE objective: the sample weighing (β lives in its uniform).
     k_samples: Option<KSampleDispatches>,
+    /// The upper stages' backward dispatches, top-down (β lives in their uniforms).
+    stage_grads: Vec<StageGradDispatches>,
+    /// The noise of each stochastic layer above z_1, [K·B, L_l] (`eps` holds z_1's).
+    pub upper_eps: Vec<View>,
     adam: AdamStep,
     /// Dispatches before Adam's (the gradient norm when clipping).
     pre_optimizer: Vec<Dispatch>,
@@ -151,6 +157,178 @@ pub struct TrainGraph {
     /// `loss_and_grads[..loss_end]` is the forward pass and the loss.
     loss_end: usize,
     seed: u64,
+}
+
+/// The backward's scratch for the stochastic layers above z_1.
+struct UpperBackward<'w> {
+    stages: Vec<StageForward>,
+    kernels: HierarchyKernels,
+    /// The rows' normalized weights (`train_terms`).
+    weights: &'w View,
+    /// ∂loss/∂z of each stage's draw, [rows, L].
+    dz: Vec<View>,
+    grads: Vec<StageScratch>,
+}
+
+/// One stage's gradient scratch: for p's heads and q's log-variance head, and the hidden
+/// layers' pre-activations of both paths.
+struct StageScratch {
+    dp_mu: View,
+    dp_logvar: View,
+    dq_logvar: View,
+    q_dpre: Vec<View>,
+    p_dpre: Vec<View>,
+}
+
+impl<'w> UpperBackward<'w> {
+    fn new(
+        gpu: &Gpu,
+        layers: &Layers,
+        stages: Vec<StageForward>,
+        weights: &'w View,
+        rows: usize,
+    ) -> Result<Self> {
+        let scratch = |name: &str, len: usize| gpu.zeros(name, len as u64);
+        let mut dz = Vec::new();
+        let mut grads = Vec::new();
+        for st in &layers.upper {
+            let (l, lb) = (st.q_mu.fan_out, st.p_mu.fan_out);
+            dz.push(scratch(&format!("{}.dz", st.q_mu.name), rows * l)?);
+            grads.push(StageScratch {
+                dp_mu: scratch("dp_mu", rows * lb)?,
+                dp_logvar: scratch("dp_logvar", rows * lb)?,
+                dq_logvar: scratch("dq_logvar", rows * l)?,
+                q_dpre: dpre_scratch(gpu, &st.q_hidden, rows)?,
+                p_dpre: dpre_scratch(gpu, &st.p_hidden, rows)?,
+            });
+        }
+        Ok(Self {
+            stages,
+            kernels: HierarchyKernels::new(gpu)?,
+            weights,
+            dz,
+            grads,
+        })
+    }
+}
+
+/// Gradients with respect to each hidden layer's pre-activation, [rows, width] each.
+fn dpre_scratch(gpu: &Gpu, layers: &[Dense], rows: usize) -> Result<Vec<View>> {
+    layers
+        .iter()
+        .map(|d| gpu.zeros(&format!("{}.dpre", d.name), (rows * d.fan_out) as u64))
+        .collect()
+}
+
+/// Records backward matmuls into `ops`, gradients into the flat `grads`.
+struct Backward<'a, 'g> {
+    mm: &'a mut Matmuls<'g>,
+    layout: &'a ParamLayout,
+    params: &'a View,
+    grads: &'a View,
+    ops: &'a mut Vec<Dispatch>,
+}
+
+impl Backward<'_, '_> {
+    /// dW = inᵀ·dpre and db = Σ_rows dpre, in one TN pass.
+    fn weight_grads(
+        &mut self,
+        layer: &Dense,
+        input: &View,
+        rows: usize,
+        dpre: &View,
+    ) -> Result<()> {
+        let cfg = MatmulConfig {
+            column_sums: true,
+            ..MatmulConfig::new(Layout::TN)
+        };
+        let (w, bias) = (
+            tensor(self.grads, self.layout, &layer.weight()),
+            tensor(self.grads, self.layout, &layer.bias()),
+        );
+        let d = self.mm.bind(
+            cfg,
+            (layer.fan_in, layer.fan_out, rows),
+            input,
+            dpre,
+            &w,
+            None,
+            Some(&bias),
+        )?;
+        self.ops.push(d);
+        Ok(())
+    }
+
+    /// d(in) = dpre·Wᵀ into `target`, times the derivative of the activation whose
+    /// pre-activation is `pre` (when given), written or added.
+    fn input_grad(
+        &mut self,
+        layer: &Dense,
+        dpre: &View,
+        rows: usize,
+        target: &View,
+        act: Option<(Activation, &View)>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let cfg = MatmulConfig {
+            grad_act: act.map(|(a, _)| a),
+            accumulate,
+            ..MatmulConfig::new(Layout::NT)
+        };
+        let w = tensor(self.params, self.layout, &layer.weight());
+        let d = self.mm.bind(
+            cfg,
+            (rows, layer.fan_in, layer.fan_out),
+            dpre,
+            &w,
+            target,
+            None,
+            act.map(|(_, pre)| pre),
+        )?;
+        self.ops.push(d);
+        Ok(())
+    }
+
+    /// The backward of an MLP `hidden` (forward buffers `bufs`, gradient scratch `dpre`) whose
+    /// last output feeds the `heads`, from each head's output gradient. With `input_grad`, the
+    /// gradient with respect to `input` is written there (or added, with its flag).
+    fn stack(
+        &mut self,
+        hidden: &[Dense],
+        bufs: &[LayerBuffers],
+        dpre: &[View],
+        heads: &[(&Dense, &View)],
+        (input, rows): (&View, usize),
+        input_grad: Option<(&View, bool)>,
+    ) -> Result<()> {
+        let top = bufs.last().map_or(input, |b| &b.out);
+        for &(head, d) in heads {
+            self.weight_grads(head, top, rows, d)?;
+        }
+        // Into the top hidden layer's pre-activation, or straight into the input.
+        let into = match (hidden.last(), bufs.last(), dpre.last()) {
+            (Some(layer), Some(buf), Some(target)) => {
+                Some((target, Some((layer.act, &buf.pre)), false))
+            }
+            _ => input_grad.map(|(target, add)| (target, None, add)),
+        };
+        if let Some((target, act, add)) = into {
+            for (k, &(head, d)) in heads.iter().enumerate() {
+                self.input_grad(head, d, rows, target, act, add || k > 0)?;
+            }
+        }
+        for i in (0..hidden.len()).rev() {
+            let layer_input = if i == 0 { input } else { &bufs[i - 1].out };
+            self.weight_grads(&hidden[i], layer_input, rows, &dpre[i])?;
+            if i > 0 {
+                let act = Some((hidden[i - 1].act, &bufs[i - 1].pre));
+                self.input_grad(&hidden[i], &dpre[i], rows, &dpre[i - 1], act, false)?;
+            } else if let Some((target, add)) = input_grad {
+                self.input_grad(&hidden[0], &dpre[0], rows, target, None, add)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TrainGraph {
@@ -174,7 +352,9 @@ impl TrainGraph {
         let samples = samples.max(1);
         // K samples or the IWAE bound: the decoder and loss run over K·B sample rows and
         // `train_terms` weighs them (see shaders/iwae.wgsl).
-        let k_path = samples > 1 || objective == Objective::Iwae;
+        // A hierarchy always takes this path: none of its layers has an analytic KL.
+        let hier = !cfg.upper.is_empty();
+        let k_path = samples > 1 || objective == Objective::Iwae || hier;
         let (pixels, items) = (&data.pixels, data.items);
         let align = gpu.limits.min_storage_buffer_offset_alignment as usize;
         if align > crate::model::ALIGN * 4 {
@@ -204,15 +384,8 @@ impl TrainGraph {
         let grads = flat("grads")?;
         let view = |v: &View, name: &str| tensor(v, &layout, name);
         let scratch = |name: &str, len: usize| gpu.zeros(name, len as u64);
-        // Gradients with respect to each hidden layer's pre-activation.
-        let dpre_of = |layers: &[Dense], rows: usize| -> Result<Vec<View>> {
-            layers
-                .iter()
-                .map(|d| scratch(&format!("{}.dpre", d.name), rows * d.fan_out))
-                .collect()
-        };
-        let enc_dpre = dpre_of(&layers.encoder, b)?;
-        let dec_dpre = dpre_of(&layers.decoder, rows)?;
+        let enc_dpre = dpre_scratch(gpu, &layers.encoder, b)?;
+        let dec_dpre = dpre_scratch(gpu, &layers.decoder, rows)?;
         // The batch, repeated once per sample: the encoder reads the first copy, the loss all.
         let x_rep = scratch("x", rows * d)?;
         let x = x_rep.slice(0, (b * d) as u64);
@@ -249,6 +422,8 @@ impl TrainGraph {
             eps,
             dec,
             out: logits,
+            stages,
+            upper_terms,
             dispatches: mut ops,
         } = fwd;
         let shape = SampleShape {
@@ -300,10 +475,10 @@ impl TrainGraph {
             },
         )?;
         let mut k_samples = None;
+        let weights = scratch("k_samples.weights", rows)?;
         if k_path {
             let k_stats = scratch("k_samples.stats", 3 * b)?;
-            let weights = scratch("k_samples.weights", rows)?;
-            let k = KSampleKernels::new(gpu, objective, learned)?.bind(
+            let k = KSampleKernels::new(gpu, objective, learned, hier)?.bind(
                 gpu,
                 KSampleShape {
                     batch,
@@ -314,7 +489,7 @@ impl TrainGraph {
                 1.0,
                 &KSampleBuffers {
                     rec: &stats,
-                    z: &z,
+                    z: upper_terms.as_ref().unwrap_or(&z),
                     eps: &eps,
                     mu: &mu,
                     logvar: &logvar,
@@ -345,112 +520,99 @@ impl TrainGraph {
             )?);
         }
 
+        let fwd_stages = if hier {
+            Some(UpperBackward::new(gpu, &layers, stages, &weights, rows)?)
+        } else {
+            None
+        };
         // Backward, layer by layer from the top: dW = inᵀ·dpre with db = Σ dpre in the same
         // pass, and d(in) = dpre·Wᵀ, fused with the previous layer's activation derivative.
-        let weight_grad = MatmulConfig {
-            column_sums: true,
-            ..MatmulConfig::new(Layout::TN)
+        let mut back = Backward {
+            mm: &mut mm,
+            layout: &layout,
+            params: &params,
+            grads: &grads,
+            ops: &mut ops,
         };
-        let input_grad = |act: Option<Activation>, accumulate: bool| MatmulConfig {
-            grad_act: act,
-            accumulate,
-            ..MatmulConfig::new(Layout::NT)
-        };
-        let param_grads = |mm: &mut Matmuls,
-                           layer: &Dense,
-                           (input, rows): (&View, usize),
-                           dpre: &View,
-                           ops: &mut Vec<Dispatch>|
-         -> Result<()> {
-            ops.push(mm.bind(
-                weight_grad,
-                (layer.fan_in, layer.fan_out, rows),
-                input,
-                dpre,
-                &view(&grads, &layer.weight()),
-                None,
-                Some(&view(&grads, &layer.bias())),
-            )?);
-            Ok(())
-        };
-        // Output layer and decoder.
-        let mut dpre = d_dec.clone();
-        let mut upper = &layers.out;
-        for i in (0..=layers.decoder.len()).rev() {
-            let input = if i == 0 { &z } else { &dec[i - 1].out };
-            param_grads(&mut mm, upper, (input, rows), &dpre, &mut ops)?;
-            let w = view(&params, &upper.weight());
-            let (target, cfg, aux) = if i == 0 {
-                // With K samples dz already holds the latent terms' part.
-                (&dz, input_grad(None, k_path), None)
-            } else {
-                (
-                    &dec_dpre[i - 1],
-                    input_grad(Some(layers.decoder[i - 1].act), false),
-                    Some(&dec[i - 1].pre),
-                )
-            };
-            ops.push(mm.bind(
-                cfg,
-                (rows, upper.fan_in, upper.fan_out),
-                &dpre,
-                &w,
-                target,
-                None,
-                aux,
-            )?);
-            dpre = target.clone();
-            if i > 0 {
-                upper = &layers.decoder[i - 1];
+        // Output layer and decoder, into dz_1: added to the latent terms' part with one
+        // stochastic layer and K samples, written first in a hierarchy (the stages add theirs).
+        let dz_written = k_path && !hier;
+        back.stack(
+            &layers.decoder,
+            &dec,
+            &dec_dpre,
+            &[(&layers.out, &d_dec)],
+            (&z, rows),
+            Some((&dz, dz_written)),
+        )?;
+        // The stages above z_1, top-down (cpu::hvae::step's order).
+        let mut stage_grads = Vec::new();
+        if let Some(upper) = &fwd_stages {
+            for (j, st) in layers.upper.iter().enumerate().rev() {
+                let f = &upper.stages[j];
+                let (below, dz_below) = if j == 0 {
+                    (&z, &dz)
+                } else {
+                    (&upper.stages[j - 1].z, &upper.dz[j - 1])
+                };
+                let bufs = &upper.grads[j];
+                let shape = StageShape {
+                    rows: rows as u32,
+                    latent: st.q_mu.fan_out as u32,
+                    below: st.p_mu.fan_out as u32,
+                    top: j + 1 == layers.upper.len(),
+                };
+                let g = upper.kernels.grads(
+                    gpu,
+                    shape,
+                    1.0,
+                    &f.values(below),
+                    &StageGrads {
+                        weights: upper.weights,
+                        dz_below,
+                        dz: &upper.dz[j],
+                        dp_mu: &bufs.dp_mu,
+                        dp_logvar: &bufs.dp_logvar,
+                        dq_logvar: &bufs.dq_logvar,
+                    },
+                    j == 0,
+                )?;
+                back.ops.push(g.prior.clone());
+                back.stack(
+                    &st.p_hidden,
+                    &f.p.hidden,
+                    &bufs.p_dpre,
+                    &[(&st.p_mu, &bufs.dp_mu), (&st.p_logvar, &bufs.dp_logvar)],
+                    (&f.z, rows),
+                    Some((&upper.dz[j], true)),
+                )?;
+                back.ops.push(g.posterior.clone());
+                back.stack(
+                    &st.q_hidden,
+                    &f.q.hidden,
+                    &bufs.q_dpre,
+                    &[(&st.q_mu, &upper.dz[j]), (&st.q_logvar, &bufs.dq_logvar)],
+                    (below, rows),
+                    Some((dz_below, true)),
+                )?;
+                stage_grads.push(g);
             }
         }
+        let upper_eps = fwd_stages
+            .map(|u| u.stages.into_iter().map(|s| s.eps).collect())
+            .unwrap_or_default();
         // Through the sample into μ and logσ² (which hold the latent terms' gradient already).
-        ops.push(sampler.backward(gpu, shape, &dz, &eps, &logvar, &dmu, &dlogvar)?);
+        back.ops
+            .push(sampler.backward(gpu, shape, &dz, &eps, &logvar, &dmu, &dlogvar)?);
         // Heads, then the encoder.
-        let top_input = if enc.is_empty() {
-            &x
-        } else {
-            &enc[enc.len() - 1].out
-        };
-        for (head, grad_in) in [(&layers.mu, &dmu), (&layers.logvar, &dlogvar)] {
-            param_grads(&mut mm, head, (top_input, b), grad_in, &mut ops)?;
-        }
-        if let Some(last) = enc.last() {
-            let act = layers.encoder.last().unwrap().act;
-            for (k, (head, grad_in)) in [(&layers.mu, &dmu), (&layers.logvar, &dlogvar)]
-                .into_iter()
-                .enumerate()
-            {
-                let w = view(&params, &head.weight());
-                ops.push(mm.bind(
-                    input_grad(Some(act), k == 1),
-                    (b, head.fan_in, l),
-                    grad_in,
-                    &w,
-                    enc_dpre.last().expect("an encoder layer"),
-                    None,
-                    Some(&last.pre),
-                )?);
-            }
-        }
-        for i in (0..layers.encoder.len()).rev() {
-            let layer = &layers.encoder[i];
-            let input = if i == 0 { &x } else { &enc[i - 1].out };
-            param_grads(&mut mm, layer, (input, b), &enc_dpre[i], &mut ops)?;
-            if i > 0 {
-                let w = view(&params, &layer.weight());
-                let cfg = input_grad(Some(layers.encoder[i - 1].act), false);
-                ops.push(mm.bind(
-                    cfg,
-                    (b, layer.fan_in, layer.fan_out),
-                    &enc_dpre[i],
-                    &w,
-                    &enc_dpre[i - 1],
-                    None,
-                    Some(&enc[i - 1].pre),
-                )?);
-            }
-        }
+        back.stack(
+            &layers.encoder,
+            &enc,
+            &enc_dpre,
+            &[(&layers.mu, &dmu), (&layers.logvar, &dlogvar)],
+            (&x, b),
+            None,
+        )?;
 
         // Clipping needs the global gradient norm first: a two-pass sum of squares.
         let mut optimizer = Vec::new();
@@ -490,6 +652,8 @@ impl TrainGraph {
             sampler,
             elbo,
             k_samples,
+            stage_grads,
+            upper_eps,
             adam,
             pre_optimizer: optimizer,
             loss_and_grads: ops,
@@ -536,6 +700,9 @@ impl TrainGraph {
         self.elbo.set_beta(gpu, s.beta);
         if let Some(k) = &self.k_samples {
             k.set_beta(gpu, s.beta);
+        }
+        for g in &self.stage_grads {
+            g.set_beta(gpu, s.beta);
         }
     }
 
