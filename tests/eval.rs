@@ -306,3 +306,89 @@ fn vae_eval_reports_the_elbo_of_an_iwae_run() {
         "-ELBO {neg_elbo} should exceed the -IWAE_4 training test loss {test_iwae}"
     );
 }
+
+/// A hierarchy's importance-sampled log-likelihood on the device against `cpu::hvae::step`'s
+/// IWAE bound with the same noise (regenerated on the CPU from the evaluation's streams: z_1's
+/// from stream 0, stage j's from stream j + 1, step = batch stream · 2¹⁶ + chunk).
+#[test]
+fn hierarchical_log_likelihood_matches_cpu_reference() {
+    use vae_wgpu::cpu::hvae;
+    use vae_wgpu::cpu::philox::StreamPos;
+    use vae_wgpu::cpu::sample::normals;
+    use vae_wgpu::kernels::iwae::Objective;
+    use vae_wgpu::model::Stage;
+    let cfg = VaeConfig {
+        input: 13,
+        hidden: vec![9],
+        latent: 4,
+        act: Activation::Tanh,
+        likelihood: Likelihood::Bernoulli,
+        upper: vec![
+            Stage {
+                hidden: vec![5],
+                latent: 3,
+            },
+            Stage {
+                hidden: vec![],
+                latent: 2,
+            },
+        ],
+    };
+    let layout = ParamLayout::new(&cfg);
+    let params: Vec<f32> = init_params(&cfg, &layout, 5)
+        .iter()
+        .map(|v| 2.0 * v)
+        .collect();
+    let p64: Vec<f64> = params.iter().map(|&v| v as f64).collect();
+    let (items, batch, k, seed, stream) = (5usize, 5usize, 7usize, 21u64, 3u32);
+    let pixels: Vec<u8> = (0..items * cfg.input)
+        .map(|i| ((i * 37) % 256) as u8)
+        .collect();
+    let x: Vec<f64> = pixels.iter().map(|&b| b as f64 / 255.0).collect();
+    let mut eps = Vec::new();
+    for (l, &units) in cfg.latents().iter().enumerate() {
+        let pos = StreamPos {
+            seed,
+            step: stream * 0x10000,
+            stream: l as u32,
+        };
+        eps.extend(normals(&pos, k * batch * units));
+    }
+    let want = -hvae::step(&cfg, &layout, &p64, &x, &eps, Objective::Iwae, 1.0).total;
+    for gpu in all_gpus() {
+        let data = DeviceData::bytes(
+            upload_pixels(&gpu, "pixels", &pixels).unwrap(),
+            items,
+            cfg.input,
+        );
+        let pv = gpu.upload("params", &params).unwrap();
+        let graph = IwaeGraph::new(
+            &gpu,
+            &cfg,
+            &pv,
+            &data,
+            IwaeOptions {
+                batch: batch as u32,
+                chunk: k as u32,
+                seed,
+                binarize_seed: None,
+            },
+        )
+        .unwrap();
+        let all: Vec<u32> = (0..items as u32).collect();
+        let r = graph.run(&gpu, &all, k as u64, stream).unwrap();
+        let got: f64 = r.log_px.iter().sum();
+        // Log-weights of ~10 nats per row from f32 chains of a few dozen terms: 1e-5 relative.
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "{}: Σ log p(x) {got} vs reference {want}",
+            gpu.describe()
+        );
+        assert_eq!(r.layers.len(), 3);
+        for (layer, &units) in r.layers.iter().zip(&cfg.latents()) {
+            assert_eq!(layer.kl.len(), items);
+            assert_eq!(layer.q_mean.len(), items * units);
+            assert!(layer.kl.iter().all(|v| v.is_finite()));
+        }
+    }
+}

@@ -97,6 +97,105 @@ fn iwae_1layer_preset_sets_the_papers_model_and_trains() {
     assert_falls("iwae-1layer", &losses);
 }
 
+/// The two-stochastic-layer model trains with either objective; its run evaluates per layer and
+/// samples top-down.
+#[test]
+fn iwae_2layer_preset_sets_the_papers_model_and_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    for objective in ["elbo", "iwae"] {
+        let run = dir.path().join(objective);
+        let (config, losses) = train(
+            &run,
+            &[
+                "--preset",
+                "iwae-2layer",
+                "--schedule-scale",
+                "0.001",
+                "--objective",
+                objective,
+                "--k",
+                "3",
+                "--max-steps",
+                "300",
+                "--log-every",
+                "30",
+            ],
+        );
+        let m = &config["settings"]["model"];
+        assert_eq!(m["hidden"], serde_json::json!([200, 200]), "{m}");
+        assert_eq!(m["latent"], 100);
+        assert_eq!(
+            m["upper"],
+            serde_json::json!([{"hidden": [100, 100], "latent": 50}])
+        );
+        assert_eq!(m["act"], "tanh");
+        assert_eq!(config["settings"]["batch"], 20);
+        assert_falls(&format!("iwae-2layer {objective}"), &losses);
+    }
+    let run = dir.path().join("iwae");
+    let vae = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vae"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let run_s = run.to_str().unwrap();
+    let out = vae(&["eval", run_s, "--k", "20", "--limit", "60", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = r["layers"].as_array().expect("per-layer statistics");
+    assert_eq!(layers.len(), 2, "{r}");
+    for (layer, units) in layers.iter().zip([100, 50]) {
+        assert_eq!(layer["latent"], units);
+        let active = layer["active_units"].as_u64().unwrap();
+        assert!(active <= units, "{layer}");
+        assert!(layer["kl"].as_f64().unwrap().is_finite(), "{layer}");
+    }
+    assert!(
+        r["log_px"].as_f64().unwrap() > r["elbo"].as_f64().unwrap() - 1.0,
+        "{r}"
+    );
+    let out = vae(&["sample", run_s, "--n", "9"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(run.join("samples.png").exists());
+}
+
+/// `--stage` builds the hierarchy; malformed values are refused by name.
+#[test]
+fn stage_flags_build_a_hierarchy() {
+    use vae_wgpu::model::Stage;
+    let parse_stage = |s: &str| s.parse::<Stage>();
+    assert_eq!(
+        parse_stage("100,100:50"),
+        Ok(Stage {
+            hidden: vec![100, 100],
+            latent: 50
+        })
+    );
+    assert_eq!(
+        parse_stage(":7"),
+        Ok(Stage {
+            hidden: vec![],
+            latent: 7
+        })
+    );
+    for bad in ["50", "100:0", "a:5", "10,,5:3", "10:"] {
+        let err = parse_stage(bad).expect_err(bad);
+        assert!(err.contains(bad), "{err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vae"))
+        .args(["train", "--stage", "100:x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--stage"));
+}
+
 #[test]
 fn pytorch_example_preset_is_the_reference_model() {
     let dir = tempfile::tempdir().unwrap();

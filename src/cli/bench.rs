@@ -136,14 +136,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let ms_per_step = 1e3 * seconds / args.steps as f64;
     let samples_per_s = (args.steps * batch as u64) as f64 / seconds;
     let dispatches = graph.step_dispatches().len();
-    let mut dims = vec![model.input];
-    dims.extend(&model.hidden);
-    dims.push(model.latent);
-    let dims = dims
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("-");
+    let dims = model.dims();
     let report = serde_json::json!({
         "adapter": gpu.describe(),
         "model": dims,

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::DeviceArgs;
-use crate::eval::{IwaeGraph, IwaeOptions, LatentStats};
+use crate::eval::{IwaeGraph, IwaeOptions, LatentStats, LayerStats};
 use crate::gpu::Gpu;
 use crate::kernels::iwae::Objective;
 use crate::train::checkpoint::{self, Checkpoint};
@@ -92,11 +92,18 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let (mut log_px, mut mu, mut logvar) = (Vec::new(), Vec::new(), Vec::new());
+    let latents = s.model.latents();
+    let mut layer_kl = vec![Vec::new(); latents.len()];
+    let mut layer_mean = vec![Vec::new(); latents.len()];
     for (i, group) in items.chunks(batch as usize).enumerate() {
         let r = graph.run(&gpu, group, args.k, i as u32)?;
         log_px.extend(r.log_px);
         mu.extend(r.mu);
         logvar.extend(r.logvar);
+        for (l, layer) in r.layers.into_iter().enumerate() {
+            layer_kl[l].extend(layer.kl);
+            layer_mean[l].extend(layer.q_mean);
+        }
         bar.inc(group.len() as u64);
     }
     bar.finish_and_clear();
@@ -106,13 +113,31 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let mean = log_px.iter().sum::<f64>() / n;
     let var = log_px.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
     let stats = LatentStats::new(&mu, &logvar, s.model.latent);
-    let report = serde_json::json!({
+    // One layer: the analytic KL per unit. A hierarchy: per layer, a one-sample estimate of
+    // E_q[log q(z_l|·) − log p(z_l|·)] and the active units of E_q[z_l|x].
+    let layers: Vec<LayerStats> = if latents.len() == 1 {
+        vec![LayerStats {
+            latent: s.model.latent,
+            kl: stats.kl_per_dim.iter().sum(),
+            active_units: stats.active_units(),
+            posterior_mean_variance: stats.mean_variance.clone(),
+        }]
+    } else {
+        (0..latents.len())
+            .map(|l| LayerStats::new(&layer_kl[l], &layer_mean[l], latents[l]))
+            .collect()
+    };
+    let mut report = serde_json::json!({
         "run": args.run, "model": checkpoint::describe(s), "data": name, "examples": set.len,
         "elbo": -sums.total / n, "reconstruction_nll": sums.rec / n, "kl": sums.kl / n,
         "log_px": mean, "log_px_std_error": (var / n).sqrt(), "k": args.k,
-        "active_units": stats.active_units(), "latent": s.model.latent,
-        "kl_per_dim": stats.kl_per_dim, "posterior_mean_variance": stats.mean_variance,
+        "latent": s.model.latent, "layers": layers,
     });
+    if latents.len() == 1 {
+        report["active_units"] = stats.active_units().into();
+        report["kl_per_dim"] = serde_json::json!(stats.kl_per_dim);
+        report["posterior_mean_variance"] = serde_json::json!(stats.mean_variance);
+    }
     let path = args.run.join("eval.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
@@ -142,13 +167,25 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         args.k,
         -mean
     );
-    println!(
-        "active units   {} of {}  (Cov_x E_q[z_d] > 0.01)",
-        stats.active_units(),
-        s.model.latent
-    );
-    let kl: Vec<String> = stats.kl_per_dim.iter().map(|k| format!("{k:.2}")).collect();
-    println!("KL per dim     {}", kl.join(" "));
+    if latents.len() == 1 {
+        println!(
+            "active units   {} of {}  (Cov_x E_q[z_d] > 0.01)",
+            stats.active_units(),
+            s.model.latent
+        );
+        let kl: Vec<String> = stats.kl_per_dim.iter().map(|k| format!("{k:.2}")).collect();
+        println!("KL per dim     {}", kl.join(" "));
+    } else {
+        for (l, layer) in layers.iter().enumerate() {
+            println!(
+                "layer {}        KL {:.2} nats, {} of {} units active  (Cov_x E_q[z_d] > 0.01)",
+                l + 1,
+                layer.kl,
+                layer.active_units,
+                layer.latent
+            );
+        }
+    }
     println!("written        {}", path.display());
     Ok(())
 }

@@ -40,7 +40,8 @@ pub struct PictureArgs {
 pub struct SampleArgs {
     #[command(flatten)]
     pub common: PictureArgs,
-    /// Number of samples z ~ N(0, I), decoded to pixel means.
+    /// Number of samples z ~ N(0, I), decoded to pixel means (in a hierarchy the top layer's z,
+    /// walked down by ancestral sampling).
     #[arg(long, default_value_t = 64)]
     pub n: usize,
 }
@@ -158,7 +159,7 @@ fn check_count(n: usize, what: &str) -> anyhow::Result<()> {
 pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
     check_count(args.n, "--n")?;
     let m = load(&args.common)?;
-    let l = m.ckpt.settings.model.latent;
+    let l = m.codec.top_latent();
     let pos = StreamPos {
         seed: args.common.seed,
         step: 0,
@@ -168,7 +169,13 @@ pub fn sample(args: &SampleArgs) -> anyhow::Result<()> {
         .iter()
         .map(|&v| v as f32)
         .collect();
-    let images = m.decode_all(&z)?;
+    let mut images = Vec::with_capacity(args.n * m.ckpt.settings.model.input);
+    for (step, part) in z.chunks(CODEC_ROWS * l).enumerate() {
+        images.extend(
+            m.codec
+                .generate(&m.gpu, part, args.common.seed, step as u32)?,
+        );
+    }
     let cols = (args.n as f64).sqrt().ceil() as usize;
     m.write(&args.common, "samples.png", &images, cols)
 }

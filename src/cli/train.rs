@@ -15,7 +15,7 @@ use crate::kernels::Activation;
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::elbo::Likelihood;
 use crate::kernels::iwae::Objective;
-use crate::model::VaeConfig;
+use crate::model::{Stage, VaeConfig};
 use crate::train::checkpoint::{self, Checkpoint};
 use crate::train::run::{Finish, TrainOptions, train};
 use crate::train::{Binarize, LrSchedule, TrainSettings};
@@ -30,8 +30,9 @@ pub enum LikelihoodArg {
 }
 
 /// Flags that define a run; `--resume` takes them from the checkpoint instead.
-const RUN_DEFINING: [&str; 20] = [
+const RUN_DEFINING: [&str; 21] = [
     "data",
+    "stage",
     "test_data",
     "batch",
     "lr",
@@ -54,8 +55,9 @@ const RUN_DEFINING: [&str; 20] = [
 ];
 
 /// What a preset fixes: these flags cannot be combined with `--preset`.
-const PRESET_DEFINED: [&str; 8] = [
+const PRESET_DEFINED: [&str; 9] = [
     "batch",
+    "stage",
     "lr",
     "hidden",
     "latent",
@@ -76,6 +78,10 @@ pub enum Preset {
     /// the 3^i-epoch schedule at 1e-3·10^(−i/7) (3,280 epochs; see --schedule-scale).
     #[value(name = "iwae-1layer")]
     Iwae1Layer,
+    /// The IWAE paper's two-stochastic-layer model: 784-200-200-100 to z_1 (100 units), then
+    /// 100-100-50 to z_2 (50 units), tanh, generation mirrored; otherwise as iwae-1layer.
+    #[value(name = "iwae-2layer")]
+    Iwae2Layer,
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +107,10 @@ pub struct TrainArgs {
     pub hidden: Vec<usize>,
     #[arg(long, default_value_t = 20)]
     pub latent: usize,
+    /// A further stochastic layer above the last (a Markov hierarchy, Burda et al. §3): its
+    /// deterministic widths and latent units, `100,100:50`; repeat for more layers.
+    #[arg(long, value_name = "HIDDEN:LATENT")]
+    pub stage: Vec<Stage>,
     #[arg(long, value_enum, default_value_t = Activation::Relu)]
     pub activation: Activation,
     #[arg(long, value_enum, default_value_t = LikelihoodArg::Bernoulli)]
@@ -224,7 +234,7 @@ impl TrainArgs {
                 latent: self.latent,
                 act: self.activation,
                 likelihood,
-                upper: Vec::new(),
+                upper: self.stage.clone(),
             },
             epochs: self.epochs.unwrap_or(10),
             batch: self.batch,
@@ -261,16 +271,26 @@ impl Preset {
     ) -> TrainSettings {
         match self {
             Preset::PytorchExample => s,
-            Preset::Iwae1Layer => {
+            Preset::Iwae1Layer | Preset::Iwae2Layer => {
                 let lr_schedule = LrSchedule::Iwae {
                     scale: schedule_scale,
+                };
+                let (latent, upper) = if self == Preset::Iwae2Layer {
+                    let top = Stage {
+                        hidden: vec![100, 100],
+                        latent: 50,
+                    };
+                    (100, vec![top])
+                } else {
+                    (50, Vec::new())
                 };
                 TrainSettings {
                     model: VaeConfig {
                         hidden: vec![200, 200],
-                        latent: 50,
+                        latent,
                         act: Activation::Tanh,
                         likelihood: Likelihood::Bernoulli,
+                        upper,
                         ..s.model
                     },
                     epochs: epochs.or(lr_schedule.total_epochs()).unwrap_or(s.epochs),

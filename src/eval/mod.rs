@@ -40,6 +40,28 @@ pub struct IwaeGraph {
     state: View,
     pub mu: View,
     pub logvar: View,
+    /// A hierarchy's stochastic layers, bottom-up, for the per-layer statistics.
+    layers: Vec<LayerViews>,
+}
+
+/// What one stochastic layer's statistics read: its noise, log-variance and draw ([rows, L],
+/// or [B, L] for z_1's log-variance), the posterior means, and its prior p(z | layer above)
+/// ([rows, L]; `None` at the top, where it is N(0, I)).
+struct LayerViews {
+    eps: View,
+    logvar: View,
+    z: View,
+    q_mu: View,
+    prior: Option<(View, View)>,
+}
+
+/// One stochastic layer's statistics over a batch.
+pub struct LayerBatch {
+    /// log q(z|·) − log p(z|·) of one sample per example (an unbiased estimate of the layer's
+    /// KL), [B].
+    pub kl: Vec<f64>,
+    /// The posterior mean E_q[z | x], averaged over the chunk's samples of the layers below, [B, L].
+    pub q_mean: Vec<f32>,
 }
 
 /// Per-example results of one batch.
@@ -49,6 +71,8 @@ pub struct BatchResult {
     /// The posterior means and log-variances, [B, L].
     pub mu: Vec<f32>,
     pub logvar: Vec<f32>,
+    /// Every stochastic layer of a hierarchy, bottom-up (empty for one layer).
+    pub layers: Vec<LayerBatch>,
 }
 
 impl IwaeGraph {
@@ -140,13 +164,39 @@ impl IwaeGraph {
             },
             &IwaeBuffers {
                 rec: &stats.slice(0, rows as u64),
-                z: &fwd.z,
+                z: fwd.upper_terms.as_ref().unwrap_or(&fwd.z),
                 eps: &fwd.eps,
                 logvar: &fwd.logvar,
                 log_w: &log_w,
                 state: &state,
             },
         )?;
+        let mut layers = Vec::new();
+        for j in 0..fwd.stages.len() + 1 {
+            let prior = fwd
+                .stages
+                .get(j)
+                .map(|st| (st.p.mu.clone(), st.p.logvar.clone()));
+            layers.push(match j.checked_sub(1).map(|i| &fwd.stages[i]) {
+                None => LayerViews {
+                    eps: fwd.eps.clone(),
+                    logvar: fwd.logvar.clone(),
+                    z: fwd.z.clone(),
+                    q_mu: fwd.mu.clone(),
+                    prior,
+                },
+                Some(st) => LayerViews {
+                    eps: st.eps.clone(),
+                    logvar: st.q.logvar.clone(),
+                    z: st.z.clone(),
+                    q_mu: st.q.mu.clone(),
+                    prior,
+                },
+            });
+        }
+        if fwd.stages.is_empty() {
+            layers.clear();
+        }
         Ok(Self {
             opts,
             latent: l,
@@ -159,7 +209,49 @@ impl IwaeGraph {
             state,
             mu: fwd.mu,
             logvar: fwd.logvar,
+            layers,
         })
+    }
+
+    /// Each layer's statistics from the last chunk: the KL estimate of its first sample per
+    /// example (rows 0..B), the posterior means over all its samples.
+    fn layer_stats(&self, gpu: &Gpu, n: usize) -> Result<Vec<LayerBatch>> {
+        let (b, s) = (self.opts.batch as usize, self.opts.chunk as usize);
+        let mut out = Vec::new();
+        for v in &self.layers {
+            let l = (v.z.len as usize) / (b * s);
+            let first =
+                |view: &View| -> Result<Vec<f32>> { gpu.read(&view.slice(0, (b * l) as u64)) };
+            let (eps, logvar, z) = (first(&v.eps)?, first(&v.logvar)?, first(&v.z)?);
+            let prior = match &v.prior {
+                Some((mu, lv)) => Some((first(mu)?, first(lv)?)),
+                None => None,
+            };
+            let kl = (0..n)
+                .map(|r| {
+                    (r * l..(r + 1) * l)
+                        .map(|i| {
+                            let (e, lv, z) = (eps[i] as f64, logvar[i] as f64, z[i] as f64);
+                            let log_p = match &prior {
+                                Some((pm, plv)) => {
+                                    let (pm, plv) = (pm[i] as f64, plv[i] as f64);
+                                    -0.5 * ((z - pm).powi(2) * (-plv).exp() + plv)
+                                }
+                                None => -0.5 * z * z,
+                            };
+                            -0.5 * (e * e + lv) - log_p
+                        })
+                        .sum()
+                })
+                .collect();
+            let q_mu: Vec<f32> = gpu.read(&v.q_mu)?;
+            let copies = q_mu.len() / (b * l);
+            let q_mean = (0..n * l)
+                .map(|i| (0..copies).map(|c| q_mu[c * b * l + i]).sum::<f32>() / copies as f32)
+                .collect();
+            out.push(LayerBatch { kl, q_mean });
+        }
+        Ok(out)
     }
 
     /// The bound with `k` samples for `items` (at most the graph's batch; a short last batch is
@@ -198,7 +290,13 @@ impl IwaeGraph {
         let mut logvar: Vec<f32> = gpu.read(&self.logvar)?;
         mu.truncate(n * self.latent);
         logvar.truncate(n * self.latent);
-        Ok(BatchResult { log_px, mu, logvar })
+        let layers = self.layer_stats(gpu, n)?;
+        Ok(BatchResult {
+            log_px,
+            mu,
+            logvar,
+            layers,
+        })
     }
 }
 
@@ -234,6 +332,41 @@ impl LatentStats {
     /// Dimensions whose posterior mean varies across the data: Cov_x(E_q[z_d]) > 0.01
     /// (Burda et al.'s criterion).
     pub fn active_units(&self) -> usize {
-        self.mean_variance.iter().filter(|&&v| v > 0.01).count()
+        self.mean_variance.iter().filter(|&&v| v > ACTIVE).count()
     }
 }
+
+/// One stochastic layer's statistics over a dataset.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LayerStats {
+    pub latent: usize,
+    /// Mean KL estimate per example, nats.
+    pub kl: f64,
+    pub active_units: usize,
+    /// Variance across the data of each unit's posterior mean.
+    pub posterior_mean_variance: Vec<f64>,
+}
+
+impl LayerStats {
+    /// From every example's KL estimate and posterior means [N, L].
+    pub fn new(kl: &[f64], q_mean: &[f32], latent: usize) -> Self {
+        let n = kl.len().max(1) as f64;
+        let (mut sum, mut sumsq) = (vec![0.0; latent], vec![0.0; latent]);
+        for (i, &m) in q_mean.iter().enumerate() {
+            sum[i % latent] += m as f64;
+            sumsq[i % latent] += (m as f64).powi(2);
+        }
+        let mean_variance: Vec<f64> = (0..latent)
+            .map(|d| (sumsq[d] / n - (sum[d] / n).powi(2)).max(0.0))
+            .collect();
+        Self {
+            latent,
+            kl: kl.iter().sum::<f64>() / n,
+            active_units: mean_variance.iter().filter(|&&v| v > ACTIVE).count(),
+            posterior_mean_variance: mean_variance,
+        }
+    }
+}
+
+/// Burda et al.'s threshold on Cov_x(E_q[z_d]) for an active unit.
+const ACTIVE: f64 = 0.01;

@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::gpu::{Dispatch, Gpu, Result, View};
 use crate::kernels::batch::{BatchKernel, Gather};
 use crate::kernels::elbo::Likelihood;
+use crate::kernels::sample::Sampler;
 use crate::model::{ParamLayout, VaeConfig};
 use crate::train::DeviceData;
 use crate::train::forward::{Matmuls, Net};
@@ -22,6 +23,10 @@ pub struct Codec {
     z: View,
     decode: Vec<Dispatch>,
     out: View,
+    /// A hierarchy's top-layer input and its ancestral sampling into `z`.
+    z_top: View,
+    generate: Vec<Dispatch>,
+    sampler: Sampler,
 }
 
 impl Codec {
@@ -54,6 +59,11 @@ impl Codec {
         let e = net.encode(&x, rows)?;
         let z = gpu.zeros("pictures.z", (rows * cfg.latent) as u64)?;
         let d = net.decode(&z, rows)?;
+        let top = *cfg.latents().last().expect("a latent layer");
+        let z_top = gpu.zeros("pictures.z_top", (rows * top) as u64)?;
+        let sampler = Sampler::new(gpu, 0)?;
+        let mut generate = Vec::new();
+        net.generate_down(&z_top, &z, rows, &sampler, &mut generate)?;
         Ok(Self {
             rows,
             cfg: cfg.clone(),
@@ -65,7 +75,31 @@ impl Codec {
             z,
             decode: d.dispatches,
             out: d.out,
+            z_top,
+            generate,
+            sampler,
         })
+    }
+
+    /// Units of the layer samples start from: the top of a hierarchy, else z.
+    pub fn top_latent(&self) -> usize {
+        *self.cfg.latents().last().expect("a latent layer")
+    }
+
+    /// Samples of the generative model as pixel means [n, D]: `z_top` [n, L_top] (N(0, I) draws)
+    /// walked down the hierarchy with noise from (`seed`, `step`), then decoded; for a one-layer
+    /// model the same as [`Codec::decode`].
+    pub fn generate(&self, gpu: &Gpu, z_top: &[f32], seed: u64, step: u32) -> Result<Vec<f32>> {
+        if self.generate.is_empty() {
+            return self.decode(gpu, z_top);
+        }
+        let n = z_top.len() / self.top_latent();
+        assert!(n >= 1 && n <= self.rows && z_top.len() == n * self.top_latent());
+        gpu.write(&self.z_top, z_top);
+        self.sampler.set_state(gpu, seed, step);
+        let ops: Vec<&Dispatch> = self.generate.iter().chain(&self.decode).collect();
+        gpu.submit(&ops);
+        self.pixels(gpu, n)
     }
 
     /// The posterior means [n, L] of dataset items (n ≤ rows).
@@ -90,6 +124,11 @@ impl Codec {
         assert!(n >= 1 && n <= self.rows && z.len() == n * self.cfg.latent);
         gpu.write(&self.z, z);
         gpu.submit(&self.decode.iter().collect::<Vec<_>>());
+        self.pixels(gpu, n)
+    }
+
+    /// The decoder's output of the first `n` rows as pixel means in [0, 1].
+    fn pixels(&self, gpu: &Gpu, n: usize) -> Result<Vec<f32>> {
         let mut out: Vec<f32> = gpu.read(&self.out)?;
         out.truncate(n * self.cfg.input);
         let bernoulli = self.cfg.likelihood == Likelihood::Bernoulli;
@@ -241,13 +280,15 @@ pub fn slerp(a: &[f32], b: &[f32], t: f32) -> Vec<f32> {
 }
 
 /// The pictures `vae train` writes after every epoch: 64 samples from fixed z ~ N(0, I) (the same
-/// z each epoch, so progress is visible) and 16 items above their reconstructions.
+/// z each epoch, so progress is visible; the top layer's, for a hierarchy) and 16 items above
+/// their reconstructions.
 pub struct EpochPictures {
     codec: Codec,
     shape: ImageShape,
     input: usize,
     z: Vec<f32>,
     items: Vec<u32>,
+    seed: u64,
 }
 
 impl EpochPictures {
@@ -268,7 +309,8 @@ impl EpochPictures {
             step: 0,
             stream: 0x5a4d,
         };
-        let z = crate::cpu::sample::normals(&pos, 64 * cfg.latent)
+        let top = *cfg.latents().last().expect("a latent layer");
+        let z = crate::cpu::sample::normals(&pos, 64 * top)
             .iter()
             .map(|&v| v as f32)
             .collect();
@@ -283,13 +325,17 @@ impl EpochPictures {
             input: cfg.input,
             z,
             items,
+            seed,
         }))
     }
 
     /// Writes `samples.png` and `reconstructions.png` into `dir`.
     pub fn write(&self, gpu: &Gpu, dir: &Path) -> std::result::Result<(), String> {
         let fail = |e: &dyn std::fmt::Display| e.to_string();
-        let samples = self.codec.decode(gpu, &self.z).map_err(|e| fail(&e))?;
+        let samples = self
+            .codec
+            .generate(gpu, &self.z, self.seed, 0)
+            .map_err(|e| fail(&e))?;
         write_grid(&dir.join("samples.png"), &samples, self.shape, 8).map_err(|e| fail(&e))?;
         let mu = self.codec.encode(gpu, &self.items).map_err(|e| fail(&e))?;
         let mut grid = self

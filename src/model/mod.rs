@@ -30,6 +30,33 @@ pub struct Stage {
     pub latent: usize,
 }
 
+/// `100,100:50`: the deterministic widths from the layer below, then the latent units (`:50` for
+/// none), as `vae train --stage` takes it.
+impl std::str::FromStr for Stage {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (widths, latent) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{text}`: expected HIDDEN:LATENT, e.g. 100,100:50 or :50"))?;
+        let number = |t: &str| -> Result<usize, String> {
+            match t.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err(format!("`{text}`: `{t}` is not a width of at least 1")),
+            }
+        };
+        let hidden = if widths.trim().is_empty() {
+            Vec::new()
+        } else {
+            widths.split(',').map(number).collect::<Result<_, _>>()?
+        };
+        Ok(Stage {
+            hidden,
+            latent: number(latent)?,
+        })
+    }
+}
+
 /// The layers of an upper stage l (named `enc{l}.*` and `dec{l}.*`, l = 2, 3, …).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageLayers {
@@ -160,6 +187,19 @@ impl VaeConfig {
                 layers
             })
             .collect()
+    }
+
+    /// The inference path's widths, `784-400-20`, with every stage: `784-200-200-100-100-100-50`.
+    pub fn dims(&self) -> String {
+        let mut dims = vec![self.input];
+        dims.extend(&self.hidden);
+        dims.push(self.latent);
+        for st in &self.upper {
+            dims.extend(&st.hidden);
+            dims.push(st.latent);
+        }
+        let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+        dims.join("-")
     }
 
     /// Latent units of every stochastic layer, bottom-up.

@@ -216,11 +216,7 @@ impl Checkpoint {
 /// `784-400-20 relu bernoulli`, for messages.
 pub fn describe(s: &TrainSettings) -> String {
     let m = &s.model;
-    let mut dims = vec![m.input];
-    dims.extend(&m.hidden);
-    dims.push(m.latent);
-    let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-    format!("{} {:?} {:?}", dims.join("-"), m.act, m.likelihood)
+    format!("{} {:?} {:?}", m.dims(), m.act, m.likelihood)
 }
 
 /// Replaces `path` by `bytes` so that a crash at any point leaves the old file or the new one.

@@ -334,6 +334,40 @@ impl Net<'_, '_> {
         Ok((stages, Some(terms)))
     }
 
+    /// Records ancestral sampling down the hierarchy from `z_top` ([rows, L_top]): each stage's
+    /// p(z_below | z), from the top, drawn from `sampler`'s stream of the stage's index, the
+    /// last draw written to `z1` ([rows, L_1]). Nothing for a one-layer model.
+    pub(crate) fn generate_down(
+        &mut self,
+        z_top: &View,
+        z1: &View,
+        rows: usize,
+        sampler: &Sampler,
+        dispatches: &mut Vec<Dispatch>,
+    ) -> Result<()> {
+        let layers = self.cfg.layers();
+        let mut z = z_top.clone();
+        for (j, st) in layers.upper.iter().enumerate().rev() {
+            let p = self.gaussian(&st.p_hidden, (&st.p_mu, &st.p_logvar), &z, rows, dispatches)?;
+            let lb = st.p_mu.fan_out;
+            let below = if j == 0 {
+                z1.clone()
+            } else {
+                self.gpu.zeros(&format!("z{}", j + 1), (rows * lb) as u64)?
+            };
+            let eps = self.gpu.zeros("generate.eps", (rows * lb) as u64)?;
+            let shape = SampleShape {
+                rows: rows as u32,
+                cols: lb as u32,
+                samples: 1,
+            };
+            dispatches
+                .push(sampler.forward(self.gpu, shape, j as u32, &p.mu, &p.logvar, &below, &eps)?);
+            z = below;
+        }
+        Ok(())
+    }
+
     /// Records the decoder on `z` ([rows, L]).
     pub(crate) fn decode(&mut self, z: &View, rows: usize) -> Result<Decoded> {
         let layers = self.cfg.layers();
