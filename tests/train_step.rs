@@ -50,6 +50,58 @@ fn compare(what: &str, layout: &vae_wgpu::model::ParamLayout, got: &[f32], want:
     }
 }
 
+/// What one gradient pass on the device gives: the noise of every stochastic layer (z_1's, then
+/// each upper layer's, as `cpu::hvae::step` takes it), the gradients and the batch's loss sums.
+struct GpuStep {
+    eps: Vec<f64>,
+    grads: Vec<f32>,
+    stats: Vec<f32>,
+}
+
+/// Runs forward, loss and backward (no optimizer) of step `step` on the rows from `first`.
+fn gradient_step(gpu: &Gpu, g: &TrainGraph, first: usize, step: u64, beta: f64) -> GpuStep {
+    g.prepare(
+        gpu,
+        &StepInputs {
+            first: first as u32,
+            step,
+            lr: 1e-3,
+            beta: beta as f32,
+            draw: 0,
+        },
+    );
+    gpu.run(&g.gradient_dispatches()).unwrap();
+    let mut eps: Vec<f32> = gpu.read(&g.eps).unwrap();
+    for e in &g.upper_eps {
+        eps.extend(gpu.read::<f32>(e).unwrap());
+    }
+    GpuStep {
+        eps: to_f64(&eps),
+        grads: gpu.read(&g.grads).unwrap(),
+        stats: gpu.read(&g.batch_stats).unwrap(),
+    }
+}
+
+impl GpuStep {
+    /// The same tolerances as the one-sample step: the K-sample and hierarchical terms add a
+    /// softmax over K values, sums over K rows per example and a few more f32 chains.
+    fn assert_matches(
+        &self,
+        name: &str,
+        layout: &vae_wgpu::model::ParamLayout,
+        r: &vae::StepResult,
+    ) {
+        let s = &self.stats;
+        for (got, want, what) in [(s[0], r.total, "total"), (s[1], r.rec, "rec")] {
+            assert!(
+                (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{name}: {what} {got} vs {want}"
+            );
+        }
+        compare(&format!("{name} grad"), layout, &self.grads, &r.grads);
+    }
+}
+
 #[test]
 fn gpu_step_matches_cpu_reference() {
     // The Tanh case clips the gradient norm (sums over the batch are far above 5, so the clip
@@ -209,36 +261,15 @@ fn k_sample_step_matches_cpu_reference() {
             let beta = 0.6;
             for step in 0..2u64 {
                 let first = step as usize * 4;
-                g.prepare(
-                    &gpu,
-                    &StepInputs {
-                        first: first as u32,
-                        step,
-                        lr: 1e-3,
-                        beta: beta as f32,
-                        draw: 0,
-                    },
-                );
-                gpu.run(&g.gradient_dispatches()).unwrap();
-                let eps: Vec<f32> = gpu.read(&g.eps).unwrap();
-                assert_eq!(eps.len(), k as usize * batch as usize * cfg.latent);
-                let grads: Vec<f32> = gpu.read(&g.grads).unwrap();
-                let stats: Vec<f32> = gpu.read(&g.batch_stats).unwrap();
+                let out = gradient_step(&gpu, &g, first, step, beta);
+                assert_eq!(out.eps.len(), k as usize * batch as usize * cfg.latent);
                 let x = cpu_batch::gather(&pixels, cfg.input, &perm, first, batch as usize);
-                let r = vae::step_k(&cfg, &g.layout, &p_ref, &x, &to_f64(&eps), objective, beta);
+                let r = vae::step_k(&cfg, &g.layout, &p_ref, &x, &out.eps, objective, beta);
                 let name = format!(
                     "{likelihood:?} {objective:?} K={k} step {step} on {}",
                     gpu.describe()
                 );
-                // The same tolerances as the one-sample step: the K-sample terms add a
-                // softmax over K values and a sum over K rows per example.
-                for (got, want, what) in [(stats[0], r.total, "total"), (stats[1], r.rec, "rec")] {
-                    assert!(
-                        (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
-                        "{name}: {what} {got} vs {want}"
-                    );
-                }
-                compare(&format!("{name} grad"), &g.layout, &grads, &r.grads);
+                out.assert_matches(&name, &g.layout, &r);
                 // The batch is gathered K times over.
                 let xs: Vec<f32> = gpu.read(&g.x).unwrap();
                 let row = batch as usize * cfg.input;
@@ -316,37 +347,15 @@ fn hierarchical_step_matches_cpu_reference() {
             let beta = 0.7;
             for step in 0..2u64 {
                 let first = step as usize * 5;
-                g.prepare(
-                    &gpu,
-                    &StepInputs {
-                        first: first as u32,
-                        step,
-                        lr: 1e-3,
-                        beta: beta as f32,
-                        draw: 0,
-                    },
-                );
-                gpu.run(&g.gradient_dispatches()).unwrap();
-                let mut eps: Vec<f32> = gpu.read(&g.eps).unwrap();
-                for e in &g.upper_eps {
-                    eps.extend(gpu.read::<f32>(e).unwrap());
-                }
-                let grads: Vec<f32> = gpu.read(&g.grads).unwrap();
-                let stats: Vec<f32> = gpu.read(&g.batch_stats).unwrap();
+                let out = gradient_step(&gpu, &g, first, step, beta);
                 let x = cpu_batch::gather(&pixels, cfg.input, &perm, first, batch as usize);
-                let r = hvae::step(&cfg, &g.layout, &p_ref, &x, &to_f64(&eps), objective, beta);
+                let r = hvae::step(&cfg, &g.layout, &p_ref, &x, &out.eps, objective, beta);
                 let name = format!(
                     "{} layers {likelihood:?} {objective:?} K={k} step {step} on {}",
                     cfg.upper.len() + 1,
                     gpu.describe()
                 );
-                for (got, want, what) in [(stats[0], r.total, "total"), (stats[1], r.rec, "rec")] {
-                    assert!(
-                        (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
-                        "{name}: {what} {got} vs {want}"
-                    );
-                }
-                compare(&format!("{name} grad"), &g.layout, &grads, &r.grads);
+                out.assert_matches(&name, &g.layout, &r);
             }
         }
     }
