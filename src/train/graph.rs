@@ -520,7 +520,7 @@ impl TrainGraph {
             )?);
         }
 
-        let fwd_stages = if hier {
+        let upper_backward = if hier {
             Some(UpperBackward::new(gpu, &layers, stages, &weights, rows)?)
         } else {
             None
@@ -547,7 +547,7 @@ impl TrainGraph {
         )?;
         // The stages above z_1, top-down (cpu::hvae::step's order).
         let mut stage_grads = Vec::new();
-        if let Some(upper) = &fwd_stages {
+        if let Some(upper) = &upper_backward {
             for (j, st) in layers.upper.iter().enumerate().rev() {
                 let f = &upper.stages[j];
                 let (below, dz_below) = if j == 0 {
@@ -598,7 +598,7 @@ impl TrainGraph {
                 stage_grads.push(g);
             }
         }
-        let upper_eps = fwd_stages
+        let upper_eps = upper_backward
             .map(|u| u.stages.into_iter().map(|s| s.eps).collect())
             .unwrap_or_default();
         // Through the sample into μ and logσ² (which hold the latent terms' gradient already).
