@@ -15,7 +15,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{check_len, compose};
+use super::{check_len, check_lens, compose};
 use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, Result, Slot, View};
 
 /// The reconstruction likelihood p(x | z) the decoder output parameterizes.
@@ -327,9 +327,7 @@ impl Elbo {
             checks.push(("dec_logvar", v, self.likelihood.dec_logvar_len(b, d)));
             checks.push(("d_dec_logvar", dv, b * d));
         }
-        for (name, v, need) in checks {
-            check_len(label, name, v, need)?;
-        }
+        check_lens(label, &checks)?;
 
         let (inv_var, half_log_norm) = match self.likelihood {
             Likelihood::Bernoulli => (0.0, 0.0),

@@ -15,7 +15,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{check_len, compose};
+use super::{check_len, check_lens, compose};
 use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, Result, Slot, View};
 
 /// Storage buffers the kernel binds.
@@ -182,9 +182,7 @@ impl GaussKl {
         for (name, v) in ins {
             check_len(label, name, v, n)?;
         }
-        for (name, v, need) in outs {
-            check_len(label, name, v, need)?;
-        }
+        check_lens(label, &outs)?;
         for (k, &(name, v, need)) in outs.iter().enumerate() {
             if let Some((input, _)) = ins.iter().find(|(_, i)| i.buffer == v.buffer) {
                 return Err(shape_err(format!(

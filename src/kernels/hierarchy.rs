@@ -5,7 +5,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{check_len, compose};
+use super::{check_len, check_lens, compose};
 use crate::gpu::{Binding, Dispatch, Gpu, Kernel, Result, Slot, View};
 
 const WG: u32 = 64;
@@ -141,16 +141,17 @@ impl HierarchyKernels {
 
     fn check_values(&self, label: &str, shape: StageShape, v: &StageValues<'_>) -> Result<()> {
         let (r, l, lb) = (shape.rows as u64, shape.latent as u64, shape.below as u64);
-        for (name, view, need) in [
-            ("eps", v.eps, r * l),
-            ("q_logvar", v.q_logvar, r * l),
-            ("z", v.z, r * l),
-            ("z_below", v.z_below, r * lb),
-            ("p_mu", v.p_mu, r * lb),
-            ("p_logvar", v.p_logvar, r * lb),
-        ] {
-            check_len(label, name, view, need)?;
-        }
+        check_lens(
+            label,
+            &[
+                ("eps", v.eps, r * l),
+                ("q_logvar", v.q_logvar, r * l),
+                ("z", v.z, r * l),
+                ("z_below", v.z_below, r * lb),
+                ("p_mu", v.p_mu, r * lb),
+                ("p_logvar", v.p_logvar, r * lb),
+            ],
+        )?;
         Ok(())
     }
 
@@ -198,16 +199,17 @@ impl HierarchyKernels {
         let label = &self.grads.label;
         self.check_values(label, shape, values)?;
         let (r, l, lb) = (shape.rows as u64, shape.latent as u64, shape.below as u64);
-        for (name, view, need) in [
-            ("weights", grads.weights, r),
-            ("dz_below", grads.dz_below, r * lb),
-            ("dz", grads.dz, r * l),
-            ("dp_mu", grads.dp_mu, r * lb),
-            ("dp_logvar", grads.dp_logvar, r * lb),
-            ("dq_logvar", grads.dq_logvar, r * l),
-        ] {
-            check_len(label, name, view, need)?;
-        }
+        check_lens(
+            label,
+            &[
+                ("weights", grads.weights, r),
+                ("dz_below", grads.dz_below, r * lb),
+                ("dz", grads.dz, r * l),
+                ("dp_mu", grads.dp_mu, r * lb),
+                ("dp_logvar", grads.dp_logvar, r * lb),
+                ("dq_logvar", grads.dq_logvar, r * l),
+            ],
+        )?;
         let value = params(shape, beta, add_below);
         let uniform = gpu.uniform(label, &value);
         let grid = gpu.grid_1d(shape.rows.div_ceil(WG));

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{check_len, compose};
+use super::{check_len, check_lens, compose};
 use crate::gpu::{Binding, Dispatch, Gpu, Kernel, Result, Slot, View};
 
 const WG: u32 = 64;
@@ -340,21 +340,22 @@ impl KSampleKernels {
         } = shape;
         let (b, k, l, d) = (batch as u64, samples as u64, latent as u64, dim as u64);
         let label = &self.terms.label;
-        for (name, v, need) in [
-            ("rec", bufs.rec, k * b),
-            ("z", bufs.z, if self.hierarchy { k * b } else { k * b * l }),
-            ("eps", bufs.eps, k * b * l),
-            ("mu", bufs.mu, b * l),
-            ("logvar", bufs.logvar, b * l),
-            ("weights", bufs.weights, k * b),
-            ("stats", bufs.stats, 3 * b),
-            ("dmu", bufs.dmu, b * l),
-            ("dlogvar", bufs.dlogvar, b * l),
-            ("dz", bufs.dz, k * b * l),
-            ("d_dec", bufs.d_dec, k * b * d),
-        ] {
-            check_len(label, name, v, need)?;
-        }
+        check_lens(
+            label,
+            &[
+                ("rec", bufs.rec, k * b),
+                ("z", bufs.z, if self.hierarchy { k * b } else { k * b * l }),
+                ("eps", bufs.eps, k * b * l),
+                ("mu", bufs.mu, b * l),
+                ("logvar", bufs.logvar, b * l),
+                ("weights", bufs.weights, k * b),
+                ("stats", bufs.stats, 3 * b),
+                ("dmu", bufs.dmu, b * l),
+                ("dlogvar", bufs.dlogvar, b * l),
+                ("dz", bufs.dz, k * b * l),
+                ("d_dec", bufs.d_dec, k * b * d),
+            ],
+        )?;
         if let Some(v) = bufs.d_dec_logvar {
             check_len(label, "d_dec_logvar", v, k * b * d)?;
         }

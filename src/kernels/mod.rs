@@ -197,6 +197,16 @@ pub(crate) fn check_len(
     Ok(())
 }
 
+/// [`check_len`] for each (name, buffer, elements needed) of a dispatch.
+pub(crate) fn check_lens(
+    kernel: &str,
+    buffers: &[(&str, &crate::gpu::View, u64)],
+) -> crate::gpu::Result<()> {
+    buffers
+        .iter()
+        .try_for_each(|&(what, view, need)| check_len(kernel, what, view, need))
+}
+
 /// Checks a row-reduction kernel's workgroup size (a power of two within the adapter's limits)
 /// and that the adapter binds `storage_buffers` storage buffers in one stage.
 pub(crate) fn check_row_kernel(
