@@ -23,7 +23,14 @@
 //
 // Bindings: `opa` is the weight in modes 0 and 1 and `cols` in mode 2; `opb` is the image in
 // modes 0 and 2 and `cols` in mode 1. Epilogue per output element (row = channel):
-//   v = sum (+ bias[row] if HAS_BIAS); v = act_forward(ACT, v); out = v (or out + v: ACCUMULATE).
+//   v = sum (+ bias[row] if HAS_BIAS); aux = v (STORE_PRE); v = act_forward(ACT, v);
+//   v *= act_derivative(GRAD_ACT, aux) (HAS_GRAD); out = v (or out + v: ACCUMULATE).
+// `aux` is a pre-activation of the output's shape: stored by a forward pass for its backward, read
+// by a data gradient that flows on into the layer below's pre-activation.
+//
+// CHANNELS_LAST: the image tensor is [N, H, W, CI] (a model's input pixels, or its output
+// picture) instead of NCHW; `cols` stays NCHW. It changes the im2col read (modes 0 and 2) and
+// the mode 1 store. SUMS_CHANNELS_LAST does the same for `channel_sums`' tensor.
 //
 // `channel_sums` (its own entry point, 64 invocations per channel): sums[c] (+)= sum over
 // n, h, w of t[n, c, h, w], the bias gradient of either convolution.
@@ -32,6 +39,11 @@ override MODE: u32 = 0u;
 override HAS_BIAS: bool = false;
 override ACT: u32 = 0u;
 override ACCUMULATE: bool = false;
+override STORE_PRE: bool = false;
+override HAS_GRAD: bool = false;
+override GRAD_ACT: u32 = 0u;
+override CHANNELS_LAST: bool = false;
+override SUMS_CHANNELS_LAST: bool = false;
 
 struct ConvParams {
     batch: u32,
@@ -58,6 +70,15 @@ struct ConvParams {
 @group(0) @binding(2) var<storage, read> opb: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> aux: array<f32>;
+
+// Index of image[n, c, y, x] in NCHW, or NHWC with CHANNELS_LAST.
+fn image_index(n: u32, c: u32, y: u32, x: u32) -> u32 {
+    if (CHANNELS_LAST) {
+        return ((n * cp.h + y) * cp.w + x) * cp.ci + c;
+    }
+    return ((n * cp.ci + c) * cp.h + y) * cp.w + x;
+}
 
 // image[n, ci, oh s - p + kh, ow s - p + kw] for column position (n, oh, ow) and tap
 // (ci, kh, kw) given flat: sp = oh OW + ow, tap = (ci KH + kh) KW + kw. Zero in the padding.
@@ -73,7 +94,7 @@ fn im2col(n: u32, sp: u32, tap: u32) -> f32 {
     if (ih < 0 || iw < 0 || ih >= i32(cp.h) || iw >= i32(cp.w)) {
         return 0.0;
     }
-    return opb[((n * cp.ci + ci) * cp.h + u32(ih)) * cp.w + u32(iw)];
+    return opb[image_index(n, ci, u32(ih), u32(iw))];
 }
 
 // op(A)[row, kk], row < m and kk < k.
@@ -141,7 +162,10 @@ fn conv_epilogue(row: u32, col: u32, sum: f32) {
         return;
     }
     var i = row * cp.n + col;
-    if (MODE != 2u) {
+    if (MODE == 1u && CHANNELS_LAST) {
+        // col = (n, ih, iw) in order: NHWC with `row` as the channel.
+        i = col * cp.m + row;
+    } else if (MODE != 2u) {
         // col = (n, spatial position): NCHW with `row` as the channel.
         let sp = select(cp.oh * cp.ow, cp.h * cp.w, MODE == 1u);
         i = ((col / sp) * cp.m + row) * sp + col % sp;
@@ -150,7 +174,13 @@ fn conv_epilogue(row: u32, col: u32, sum: f32) {
     if (HAS_BIAS) {
         v += bias[row];
     }
+    if (STORE_PRE) {
+        aux[i] = v;
+    }
     v = act_forward(ACT, v);
+    if (HAS_GRAD) {
+        v *= act_derivative(GRAD_ACT, aux[i]);
+    }
     if (ACCUMULATE) {
         v += out[i];
     }
@@ -194,7 +224,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     gemm_tile((t / cp.tiles_n) * TILE, (t % cp.tiles_n) * TILE, lid, li);
 }
 
-// channel_sums: one workgroup per channel c of t = `opb` [batch, co, oh, ow] (the tensor whose
+// channel_sums: one workgroup per channel c of t = `opb` [batch, co, oh, ow] (or [batch, oh, ow,
+// co] with SUMS_CHANNELS_LAST) (the tensor whose
 // channel sums are the bias gradient), each invocation striding over n and positions, then a
 // tree. Written to `out[c]`, or added with ACCUMULATE.
 var<workgroup> tree: array<f32, THREADS>;
@@ -210,7 +241,11 @@ fn channel_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let total = cp.batch * sp;
     var s = 0.0;
     for (var j = li; j < total; j += THREADS) {
-        s += opb[((j / sp) * cp.co + c) * sp + j % sp];
+        if (SUMS_CHANNELS_LAST) {
+            s += opb[j * cp.co + c];
+        } else {
+            s += opb[((j / sp) * cp.co + c) * sp + j % sp];
+        }
     }
     tree[li] = s;
     for (var half = THREADS / 2u; half > 0u; half = half >> 1u) {

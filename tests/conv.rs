@@ -506,6 +506,158 @@ fn fused_activation_and_accumulation() {
     }
 }
 
+/// NCHW → NHWC (`to_last`) or back, of `n` images of `c` channels and `hw` pixels.
+fn permute<T: Copy>(v: &[T], n: usize, c: usize, hw: usize, to_last: bool) -> Vec<T> {
+    let mut out = v.to_vec();
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..hw {
+                let (nchw, nhwc) = ((i * c + ch) * hw + p, (i * hw + p) * c + ch);
+                if to_last {
+                    out[nhwc] = v[nchw];
+                } else {
+                    out[nchw] = v[nhwc];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn channels_last_stored_pre_activation_and_fused_derivative() {
+    // A model's first layer (conv2d reading [N, H, W, C] pixels) and last (transposed conv
+    // writing them), with 3 channels: each pass against the NCHW reference on permuted tensors.
+    // The forward also stores its pre-activation (compared with the reference's, same tolerance
+    // as the plain forward); the data gradient is multiplied by ReLU' at a given pre-activation,
+    // which is exact (0 or 1), so its tolerance stays the plain data gradient's.
+    for gpu in all_gpus() {
+        for t in [false, true] {
+            let s = if t {
+                ConvShape::square(3, 5, 7, 3, 3, 2, 1, 1)
+            } else {
+                gpu_shapes()[1]
+            };
+            let (oh, ow) = s.out_hw(t).unwrap();
+            let n = s.batch as usize;
+            let (in_c, in_hw) = (s.c_in as usize, (s.h * s.w) as usize);
+            let (out_c, out_hw) = (s.c_out as usize, (oh * ow) as usize);
+            // The image side is conv2d's input or the transposed conv's output.
+            let x_last = |v: &[f32]| {
+                if t {
+                    v.to_vec()
+                } else {
+                    permute(v, n, in_c, in_hw, true)
+                }
+            };
+            let y_last = |v: &[f32]| {
+                if t {
+                    permute(v, n, out_c, out_hw, true)
+                } else {
+                    v.to_vec()
+                }
+            };
+            let y_first = |v: &[f32]| {
+                if t {
+                    permute(v, n, out_c, out_hw, false)
+                } else {
+                    v.to_vec()
+                }
+            };
+            let x_first = |v: &[f32]| {
+                if t {
+                    v.to_vec()
+                } else {
+                    permute(v, n, in_c, in_hw, false)
+                }
+            };
+            let d = data(&s, t, Values::Random, 500 + t as u64);
+            let (x, w, b, dy) = (to_f64(&d.x), to_f64(&d.w), to_f64(&d.b), to_f64(&d.dy));
+            let (t_fwd, t_dx, t_dw, t_db) = terms(&s, t);
+            let name = format!("channels-last t={t} on {}", gpu.info.name);
+            let conv = |cfg: ConvConfig| {
+                Conv::new(
+                    &gpu,
+                    ConvConfig {
+                        channels_last: true,
+                        ..cfg
+                    },
+                )
+                .unwrap()
+            };
+            let up = |label, v: &[f32]| gpu.upload(label, v).unwrap();
+            let read = |v: &View| gpu.read::<f32>(v).unwrap();
+
+            // Forward + bias + ReLU, storing the pre-activation.
+            let fwd = conv(ConvConfig {
+                bias: true,
+                act: Activation::Relu,
+                store_pre: true,
+                ..ConvConfig::new(t, ConvOp::Forward)
+            });
+            let (xv, wv, bv) = (up("x", &x_last(&d.x)), up("w", &d.w), up("b", &d.b));
+            let out_len = s.output_len(t) as usize;
+            let (yv, prev) = (up("y", &vec![7.0; out_len]), up("pre", &vec![7.0; out_len]));
+            let dis = fwd
+                .bind_aux(&gpu, &s, [&xv, &wv], &yv, Some(&bv), Some(&prev))
+                .unwrap();
+            gpu.run(&dis.dispatches()).unwrap();
+            let pre = forward(&s, t, &x, &w, Some(&b));
+            let scale = forward(&s, t, &abs(&x), &abs(&w), Some(&abs(&b)));
+            let relu: Vec<f64> = pre.iter().map(|&p| p.max(0.0)).collect();
+            let tol = |i: usize| gamma(t_fwd + 1, U32) * scale[i] + t_fwd as f64 * FLUSH;
+            assert_close(&format!("{name} pre"), &y_first(&read(&prev)), &pre, tol);
+            assert_close(&format!("{name} forward"), &y_first(&read(&yv)), &relu, tol);
+
+            // Data gradient times ReLU' at a pre-activation of dx's shape.
+            let dx_fused = conv(ConvConfig {
+                grad_act: Some(Activation::Relu),
+                ..ConvConfig::new(t, ConvOp::BackwardData)
+            });
+            let below: Vec<f32> = Lcg(502).vec(d.x.len(), -1.0, 1.0);
+            let dyv = up("dy", &y_last(&d.dy));
+            let (dxv, belowv) = (
+                up("dx", &vec![7.0; d.x.len()]),
+                up("below", &x_last(&below)),
+            );
+            let dis = dx_fused
+                .bind_aux(&gpu, &s, [&dyv, &wv], &dxv, None, Some(&belowv))
+                .unwrap();
+            gpu.run(&dis.dispatches()).unwrap();
+            let g = backward(&s, t, &x, &w, &dy);
+            let ga = backward(&s, t, &abs(&x), &abs(&w), &abs(&dy));
+            let want: Vec<f64> =
+                g.dx.iter()
+                    .zip(&below)
+                    .map(|(v, &p)| if p > 0.0 { *v } else { 0.0 })
+                    .collect();
+            let tol = |i: usize| gamma(t_dx, U32) * ga.dx[i] + t_dx as f64 * FLUSH;
+            assert_close(
+                &format!("{name} dx*relu'"),
+                &x_first(&read(&dxv)),
+                &want,
+                tol,
+            );
+
+            // Weight and bias gradients from channels-last tensors.
+            let dw = conv(ConvConfig {
+                bias: true,
+                ..ConvConfig::new(t, ConvOp::BackwardWeight)
+            });
+            let (dwv, dbv) = (
+                up("dw", &vec![7.0; d.w.len()]),
+                up("db", &vec![7.0; d.b.len()]),
+            );
+            let dis = dw.bind(&gpu, &s, [&xv, &dyv], &dwv, Some(&dbv)).unwrap();
+            gpu.run(&dis.dispatches()).unwrap();
+            let tol = |i: usize| gamma(t_dw, U32) * ga.dw[i] + t_dw as f64 * FLUSH;
+            assert_close(&format!("{name} dw"), &read(&dwv), &g.dw, tol);
+            let tol = |i: usize| gamma(t_db, U32) * ga.db[i];
+            assert_close(&format!("{name} db"), &read(&dbv), &g.db, tol);
+        }
+    }
+}
+
 #[test]
 fn impossible_shapes_and_bad_bindings_are_typed_errors() {
     let base = ConvShape::square(2, 3, 7, 5, 3, 2, 1, 0);

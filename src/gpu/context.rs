@@ -146,6 +146,8 @@ pub struct Gpu {
     pub features: wgpu::Features,
     /// A 16-byte buffer bound where a kernel variant does not read an input.
     pub(crate) placeholder: wgpu::Buffer,
+    /// The same for unused read-write slots: one buffer may not be both in a dispatch.
+    pub(crate) placeholder_rw: wgpu::Buffer,
     /// The first error the device reported outside an error scope (a validation error, out of
     /// memory, or the device lost), recorded instead of wgpu's default panic.
     faults: Arc<Mutex<Option<String>>>,
@@ -200,12 +202,16 @@ impl Gpu {
                 );
             }
         });
-        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("placeholder"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
+        let placeholder = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let (placeholder, placeholder_rw) =
+            (placeholder("placeholder"), placeholder("placeholder.rw"));
         Ok(Self {
             adapter,
             device,
@@ -214,6 +220,7 @@ impl Gpu {
             limits: have,
             features,
             placeholder,
+            placeholder_rw,
             faults,
             tune: super::TuneCache::from_env(),
         })

@@ -227,17 +227,22 @@ impl Gpu {
                 have: max as u64,
             });
         }
+        // One buffer may not be both read-only and read-write storage in a dispatch, so unused
+        // slots of either kind get their own placeholder.
         let placeholder = View::whole(&self.placeholder);
+        let placeholder_rw = View::whole(&self.placeholder_rw);
         let entries: Vec<wgpu::BindGroupEntry> = bindings
             .iter()
+            .zip(&kernel.slots)
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
+            .map(|(i, (b, slot))| wgpu::BindGroupEntry {
                 binding: i as u32,
-                resource: match b {
-                    Binding::Uniform(buf) => buf.as_entire_binding(),
-                    Binding::Storage(view) => view.binding(),
-                    Binding::Texture(view) => wgpu::BindingResource::TextureView(view),
-                    Binding::Unused => placeholder.binding(),
+                resource: match (b, slot) {
+                    (Binding::Uniform(buf), _) => buf.as_entire_binding(),
+                    (Binding::Storage(view), _) => view.binding(),
+                    (Binding::Texture(view), _) => wgpu::BindingResource::TextureView(view),
+                    (Binding::Unused, Slot::ReadWrite) => placeholder_rw.binding(),
+                    (Binding::Unused, _) => placeholder.binding(),
                 },
             })
             .collect();

@@ -28,13 +28,14 @@ use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, Result, Slot, View};
 /// Rows × columns of the product per workgroup (as the tiled matmul).
 const TILE: u32 = 64;
 
-/// params, opa, opb, out, bias.
+/// params, opa, opb, out, bias, aux.
 const SLOTS: &[Slot] = &[
     Slot::Uniform,
     Slot::Read,
     Slot::Read,
     Slot::ReadWrite,
     Slot::Read,
+    Slot::ReadWrite,
 ];
 
 /// The sizes of one convolution layer. For a transposed convolution `c_in`, `h`, `w` describe
@@ -234,6 +235,14 @@ pub struct ConvConfig {
     pub act: Activation,
     /// Add to the output(s) instead of overwriting them.
     pub accumulate: bool,
+    /// Forward only: also store the pre-activation (after the bias) in `aux`, for the backward.
+    pub store_pre: bool,
+    /// Backward data only: multiply by the derivative of this activation at the pre-activation
+    /// `aux` (of the data gradient's shape): the gradient flows on into the layer below.
+    pub grad_act: Option<Activation>,
+    /// The image tensor (conv2d's input, the transposed convolution's output) is [N, H, W, C],
+    /// as pixels are stored, instead of NCHW: for a model's first and last layers.
+    pub channels_last: bool,
 }
 
 impl ConvConfig {
@@ -244,6 +253,9 @@ impl ConvConfig {
             bias: false,
             act: Activation::Identity,
             accumulate: false,
+            store_pre: false,
+            grad_act: None,
+            channels_last: false,
         }
     }
 
@@ -271,10 +283,24 @@ impl ConvConfig {
         if self.act != Activation::Identity {
             s += &format!("+{:?}", self.act).to_lowercase();
         }
+        if self.store_pre {
+            s += "+pre";
+        }
+        if let Some(a) = self.grad_act {
+            s += &format!("*d{a:?}").to_lowercase();
+        }
+        if self.channels_last {
+            s += ".nhwc";
+        }
         if self.accumulate {
             s += "+=";
         }
         s
+    }
+
+    /// Whether `aux` is bound (read or written).
+    fn has_aux(&self) -> bool {
+        self.store_pre || self.grad_act.is_some()
     }
 
     /// The shader's mode (see `shaders/conv.wgsl`).
@@ -376,6 +402,14 @@ impl Conv {
         if cfg.op != ConvOp::Forward && cfg.act != Activation::Identity {
             return Err(err("an activation is fused into the forward pass only"));
         }
+        if cfg.store_pre && cfg.op != ConvOp::Forward {
+            return Err(err("the pre-activation is stored by the forward pass only"));
+        }
+        if cfg.grad_act.is_some() && cfg.op != ConvOp::BackwardData {
+            return Err(err(
+                "an activation derivative is fused into the data gradient only",
+            ));
+        }
         if cfg.op == ConvOp::BackwardData && cfg.bias {
             return Err(err(
                 "the data gradient has no bias (the bias gradient comes with BackwardWeight)",
@@ -388,10 +422,19 @@ impl Conv {
             ("HAS_BIAS", forward_bias as u8 as f64),
             ("ACT", cfg.act.id() as f64),
             ("ACCUMULATE", cfg.accumulate as u8 as f64),
+            ("STORE_PRE", cfg.store_pre as u8 as f64),
+            ("HAS_GRAD", cfg.grad_act.is_some() as u8 as f64),
+            ("GRAD_ACT", cfg.grad_act.map_or(0, Activation::id) as f64),
+            ("CHANNELS_LAST", cfg.channels_last as u8 as f64),
         ];
         let gemm = gpu.kernel(&label, &src, "main", SLOTS, &constants)?;
         let sums = if cfg.bias && cfg.op == ConvOp::BackwardWeight {
-            let c = [("ACCUMULATE", cfg.accumulate as u8 as f64)];
+            // The bias gradient sums dY, the image side of a transposed convolution.
+            let dy_channels_last = cfg.channels_last && cfg.transposed;
+            let c = [
+                ("ACCUMULATE", cfg.accumulate as u8 as f64),
+                ("SUMS_CHANNELS_LAST", dy_channels_last as u8 as f64),
+            ];
             Some(gpu.kernel(&format!("{label}.bias"), &src, "channel_sums", SLOTS, &c)?)
         } else {
             None
@@ -422,6 +465,20 @@ impl Conv {
         inputs: [&View; 2],
         output: &View,
         bias: Option<&View>,
+    ) -> Result<ConvDispatch> {
+        self.bind_aux(gpu, shape, inputs, output, bias, None)
+    }
+
+    /// [`Conv::bind`] with the pre-activation `aux` (the output's shape) that a config with
+    /// `store_pre` writes and one with `grad_act` reads.
+    pub fn bind_aux(
+        &self,
+        gpu: &Gpu,
+        shape: &ConvShape,
+        inputs: [&View; 2],
+        output: &View,
+        bias: Option<&View>,
+        aux: Option<&View>,
     ) -> Result<ConvDispatch> {
         let label = &self.label;
         let shape_err = |reason: String| GpuError::Shape {
@@ -485,6 +542,29 @@ impl Conv {
             }
         }
 
+        let aux = match (cfg.has_aux(), aux) {
+            (true, Some(v)) => {
+                check_len(label, "aux", v, need_out)?;
+                let v = v.slice(0, need_out);
+                for (name, other) in [(n_in0, inputs[0]), (n_in1, inputs[1]), (n_out, output)] {
+                    if other.buffer == v.buffer {
+                        return Err(shape_err(format!("`aux` shares a buffer with `{name}`")));
+                    }
+                }
+                Some(v)
+            }
+            (true, None) => {
+                return Err(shape_err(
+                    "the config stores or reads a pre-activation: pass `aux`".into(),
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(shape_err(
+                    "`aux` given, but the config has no use for it".into(),
+                ));
+            }
+            (false, None) => None,
+        };
         let in0 = inputs[0].slice(0, need0);
         let in1 = inputs[1].slice(0, need1);
         let out = output.slice(0, need_out);
@@ -528,6 +608,7 @@ impl Conv {
                 Binding::Storage(opb),
                 Binding::Storage(&out),
                 bias_read,
+                aux.as_ref().map_or(Binding::Unused, Binding::Storage),
             ],
             gpu.grid_1d(tiles as u32),
         )?];
@@ -553,6 +634,7 @@ impl Conv {
                     Binding::Unused,
                     Binding::Storage(dy),
                     Binding::Storage(db),
+                    Binding::Unused,
                     Binding::Unused,
                 ],
                 gpu.grid_1d(shape.c_out),

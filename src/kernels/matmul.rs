@@ -226,9 +226,6 @@ pub struct Matmul {
     variant: MatmulVariant,
     label: String,
     kernel: Kernel,
-    /// Bound to `aux` when the config does not use it: the shared `Binding::Unused` placeholder
-    /// is also bound to read-only slots, and one buffer may not be both in a dispatch.
-    unused_rw: View,
     /// Rows × columns of C per workgroup.
     tile: (u32, u32),
 }
@@ -308,7 +305,6 @@ impl Matmul {
             variant,
             label,
             kernel,
-            unused_rw: gpu.zeros("matmul.unused", 4)?,
             tile: tile.unwrap_or(match variant {
                 MatmulVariant::Tiled => TILED_TILE,
                 MatmulVariant::Subgroup => SUBGROUP_TILE,
@@ -435,7 +431,7 @@ impl Matmul {
             Binding::Storage(&b),
             Binding::Storage(&c),
             optional(&bias),
-            Binding::Storage(aux.as_ref().unwrap_or(&self.unused_rw)),
+            aux.as_ref().map_or(Binding::Unused, Binding::Storage),
         ];
         bindings.extend(views.iter().map(Binding::Texture));
         let mut dispatch = gpu.dispatch(&self.kernel, &bindings, gpu.grid_1d(tiles as u32))?;
