@@ -23,6 +23,7 @@ fn settings() -> TrainSettings {
             act: Activation::Tanh,
             likelihood: Likelihood::GaussianLearned { shared: true },
             upper: Vec::new(),
+            conv: None,
         },
         epochs: 4,
         batch: 9,

@@ -28,6 +28,7 @@ fn model() -> (VaeConfig, ParamLayout, Vec<f32>) {
         act: Activation::Tanh,
         likelihood: Likelihood::Bernoulli,
         upper: Vec::new(),
+        conv: None,
     };
     let layout = ParamLayout::new(&cfg);
     // PyTorch's init, scaled up so the decoder depends strongly on z and q(z|x) is far from
@@ -333,6 +334,7 @@ fn hierarchical_log_likelihood_matches_cpu_reference() {
                 latent: 2,
             },
         ],
+        conv: None,
     };
     let layout = ParamLayout::new(&cfg);
     let params: Vec<f32> = init_params(&cfg, &layout, 5)

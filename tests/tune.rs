@@ -132,6 +132,7 @@ fn a_training_graph_tunes_its_kernels() {
             act: Activation::Relu,
             likelihood: Likelihood::Bernoulli,
             upper: Vec::new(),
+            conv: None,
         };
         let data = DeviceData::bytes(
             upload_pixels(&gpu, "pixels", &[7u8; 300 * 40]).unwrap(),

@@ -71,6 +71,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             act: Activation::Relu,
             likelihood: Likelihood::Bernoulli,
             upper: Vec::new(),
+            conv: None,
         },
         epochs: 1,
         batch: args.batch,
@@ -88,7 +89,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Some(p) => p.apply(base, 1.0, None),
         None => base,
     };
-    let model = settings.model.clone();
+    let mut model = settings.model.clone();
+    super::train::with_pictures(&mut model, &args.data, &source.train.item_shape)?;
+    model
+        .check()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.data))?;
     let batch = settings.batch;
     let items = source.train.len;
     if (items as u64) < batch as u64 {

@@ -15,7 +15,7 @@ use crate::kernels::Activation;
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::elbo::Likelihood;
 use crate::kernels::iwae::Objective;
-use crate::model::{Stage, VaeConfig};
+use crate::model::{ConvStack, Stage, VaeConfig};
 use crate::train::checkpoint::{self, Checkpoint};
 use crate::train::run::{Finish, TrainOptions, train};
 use crate::train::{Binarize, LrSchedule, TrainSettings};
@@ -30,8 +30,11 @@ pub enum LikelihoodArg {
 }
 
 /// Flags that define a run; `--resume` takes them from the checkpoint instead.
-const RUN_DEFINING: [&str; 21] = [
+const RUN_DEFINING: [&str; 24] = [
     "data",
+    "conv",
+    "conv_kernel",
+    "conv_stride",
     "stage",
     "test_data",
     "batch",
@@ -55,8 +58,11 @@ const RUN_DEFINING: [&str; 21] = [
 ];
 
 /// What a preset fixes: these flags cannot be combined with `--preset`.
-const PRESET_DEFINED: [&str; 9] = [
+const PRESET_DEFINED: [&str; 12] = [
     "batch",
+    "conv",
+    "conv_kernel",
+    "conv_stride",
     "stage",
     "lr",
     "hidden",
@@ -82,6 +88,11 @@ pub enum Preset {
     /// 100-100-50 to z_2 (50 units), tanh, generation mirrored; otherwise as iwae-1layer.
     #[value(name = "iwae-2layer")]
     Iwae2Layer,
+    /// keras.io's convolutional VAE: Conv2D 32 and 64 channels (3×3, stride 2, "same", ReLU) to
+    /// a dense layer of 16 and 2 latent units, mirrored by transposed convolutions; Bernoulli,
+    /// Adam 1e-3, batch 128, 30 epochs.
+    #[value(name = "keras-conv")]
+    KerasConv,
 }
 
 #[derive(Args, Debug)]
@@ -111,6 +122,17 @@ pub struct TrainArgs {
     /// deterministic widths and latent units, `100,100:50`; repeat for more layers.
     #[arg(long, value_name = "HIDDEN:LATENT")]
     pub stage: Vec<Stage>,
+    /// Convolutions before the encoder's dense layers (mirrored by transposed convolutions
+    /// after the decoder's): each layer's output channels, `32,64`. The pictures' height, width
+    /// and channels come from the data.
+    #[arg(long, value_delimiter = ',')]
+    pub conv: Vec<usize>,
+    /// Kernel size of every convolution (odd; padding keeps "same" sides).
+    #[arg(long, default_value_t = 3)]
+    pub conv_kernel: usize,
+    /// Stride of every convolution.
+    #[arg(long, default_value_t = 2)]
+    pub conv_stride: usize,
     #[arg(long, value_enum, default_value_t = Activation::Relu)]
     pub activation: Activation,
     #[arg(long, value_enum, default_value_t = LikelihoodArg::Bernoulli)]
@@ -174,7 +196,7 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// Rejects impossible settings up front, naming the allowed range.
     fn validate(&self) -> anyhow::Result<()> {
-        let checks: [(bool, &str); 13] = [
+        let checks: [(bool, &str); 16] = [
             (self.batch >= 1, "--batch must be at least 1"),
             (
                 self.schedule_scale > 0.0 && self.schedule_scale.is_finite(),
@@ -209,6 +231,15 @@ impl TrainArgs {
                 "--weight-decay must be >= 0",
             ),
             (self.max_steps != Some(0), "--max-steps must be at least 1"),
+            (
+                self.conv.iter().all(|&c| c >= 1),
+                "--conv channels must be at least 1",
+            ),
+            (
+                self.conv_kernel % 2 == 1,
+                "--conv-kernel must be odd (1, 3, 5, ...)",
+            ),
+            (self.conv_stride >= 1, "--conv-stride must be at least 1"),
         ];
         for (ok, msg) in checks {
             if !ok {
@@ -235,6 +266,13 @@ impl TrainArgs {
                 act: self.activation,
                 likelihood,
                 upper: self.stage.clone(),
+                // The pictures' sides are known once the data is loaded (`with_pictures`).
+                conv: (!self.conv.is_empty()).then(|| ConvStack {
+                    image: [0; 3],
+                    channels: self.conv.clone(),
+                    kernel: self.conv_kernel,
+                    stride: self.conv_stride,
+                }),
             },
             epochs: self.epochs.unwrap_or(10),
             batch: self.batch,
@@ -271,6 +309,26 @@ impl Preset {
     ) -> TrainSettings {
         match self {
             Preset::PytorchExample => s,
+            Preset::KerasConv => TrainSettings {
+                model: VaeConfig {
+                    hidden: vec![16],
+                    latent: 2,
+                    act: Activation::Relu,
+                    likelihood: Likelihood::Bernoulli,
+                    upper: Vec::new(),
+                    conv: Some(ConvStack {
+                        image: [0; 3],
+                        channels: vec![32, 64],
+                        kernel: 3,
+                        stride: 2,
+                    }),
+                    ..s.model
+                },
+                epochs: epochs.unwrap_or(30),
+                batch: 128,
+                adam: AdamConfig { lr: 1e-3, ..s.adam },
+                ..s
+            },
             Preset::Iwae1Layer | Preset::Iwae2Layer => {
                 let lr_schedule = LrSchedule::Iwae {
                     scale: schedule_scale,
@@ -307,6 +365,26 @@ impl Preset {
             }
         }
     }
+}
+
+/// Gives a convolutional model the sides of the data's pictures ([H, W] or [H, W, C] items).
+pub(crate) fn with_pictures(
+    model: &mut VaeConfig,
+    data: &str,
+    item_shape: &[usize],
+) -> anyhow::Result<()> {
+    let Some(stack) = &mut model.conv else {
+        return Ok(());
+    };
+    stack.image = match *item_shape {
+        [h, w] => [h, w, 1],
+        [h, w, c] => [h, w, c],
+        _ => bail!(
+            "{data}: items of shape {item_shape:?} are not pictures: --conv needs [height, \
+             width] or [height, width, channels] items (IDX images, square CSV rows, PNGs)"
+        ),
+    };
+    Ok(())
 }
 
 /// `--out`, refused if it holds a run (unless `--overwrite`), or the first free
@@ -422,15 +500,19 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     };
     // Every data error is raised here, before a device is opened.
     let source = load_sources(&settings.data, settings.test_data.as_deref())?;
-    let settings = TrainSettings {
-        model: VaeConfig {
-            input: resume
-                .as_ref()
-                .map_or(source.train.dim(), |c| c.settings.model.input),
-            ..settings.model
-        },
-        ..settings
+    let mut model = VaeConfig {
+        input: resume
+            .as_ref()
+            .map_or(source.train.dim(), |c| c.settings.model.input),
+        ..settings.model
     };
+    if resume.is_none() {
+        with_pictures(&mut model, &settings.data, &source.train.item_shape)?;
+    }
+    model
+        .check()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", settings.data))?;
+    let settings = TrainSettings { model, ..settings };
     if source.train.dim() != settings.model.input {
         bail!(
             "{}: items have {} pixels, the checkpoint's model ({}) expects {}",

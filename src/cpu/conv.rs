@@ -213,3 +213,22 @@ pub fn conv_transpose2d_backward(shape: &ConvShape, x: &[f64], w: &[f64], dy: &[
     }
     g
 }
+
+/// `n` items of `c` channels × `hw` positions between NCHW (`to_last` false: from NHWC) and NHWC
+/// (`to_last` true: from NCHW).
+pub fn permute_channels<T: Copy>(v: &[T], n: usize, c: usize, hw: usize, to_last: bool) -> Vec<T> {
+    let mut out = v.to_vec();
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..hw {
+                let (first, last) = ((i * c + ch) * hw + p, (i * hw + p) * c + ch);
+                if to_last {
+                    out[last] = v[first];
+                } else {
+                    out[first] = v[last];
+                }
+            }
+        }
+    }
+    out
+}

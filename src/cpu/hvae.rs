@@ -14,7 +14,7 @@
 
 use super::iwae;
 use super::vae::{
-    Chain, Heads, StepResult, chain_backward, chain_forward, dense_backward, dense_forward,
+    Chain, Generator, Heads, StepResult, Trunk, chain_backward, chain_forward,
     sample_row_reconstruction, weigh_reconstruction,
 };
 use crate::kernels::iwae::Objective;
@@ -149,8 +149,8 @@ pub fn step(
     }
 
     // Inference of z_1 on the B inputs, K samples.
-    let enc = chain_forward(&layers.encoder, layout, p, x, batch);
-    let top = enc.ins.last().unwrap().clone();
+    let trunk = Trunk::forward(&layers, layout, p, x, batch);
+    let top = trunk.top().to_vec();
     let heads1 = Heads {
         mu: &layers.mu,
         logvar: &layers.logvar,
@@ -188,9 +188,8 @@ pub fn step(
         });
     }
     // Decoder and reconstruction terms of every sample row.
-    let dec = chain_forward(&layers.decoder, layout, p, &z1, rows);
-    let (out, _) = dense_forward(&layers.out, layout, p, dec.ins.last().unwrap(), rows);
-    let mut loss = sample_row_reconstruction(cfg, layout, p, x, &out, rows);
+    let dec = Generator::forward(&layers, layout, p, &z1, rows);
+    let mut loss = sample_row_reconstruction(cfg, layout, p, x, dec.out(), rows);
 
     // The latent terms of each row: −log q(z_1|x), then every upper stage's (or z_1's N(0, I)
     // prior in a one-layer model).
@@ -241,18 +240,10 @@ pub fn step(
     // Backward. Row weights g_r scale every term of row r.
     let mut grads = vec![0.0; layout.len];
     weigh_reconstruction(cfg, layout, &mut loss, &weights, &mut grads);
-    let d_top = dense_backward(
-        &layers.out,
-        layout,
-        p,
-        dec.ins.last().unwrap(),
-        &loss.d_dec,
-        rows,
-        &mut grads,
-    );
+    let d_dec = std::mem::take(&mut loss.d_dec);
     // dz[l]: ∂loss/∂z_l, complete once every stage above l has run.
     let mut dz: Vec<Vec<f64>> = latents.iter().map(|&l| vec![0.0; rows * l]).collect();
-    dz[0] = chain_backward(&layers.decoder, layout, p, &dec, d_top, rows, &mut grads);
+    dz[0] = dec.backward(&layers, layout, p, d_dec, rows, &mut grads);
     let g: Vec<f64> = weights.iter().map(|w| w * beta).collect();
     if stages.is_empty() {
         for (i, d) in dz[0].iter_mut().enumerate() {
@@ -313,7 +304,7 @@ pub fn step(
             g * eps_at[0][i] * 0.5 * (0.5 * logvar1[bi]).exp() - weights[i / l1] * beta * 0.5;
     }
     let d_top = heads1.backward(layout, p, &top, (&dmu1, &dlv1), batch, &mut grads);
-    chain_backward(&layers.encoder, layout, p, &enc, d_top, batch, &mut grads);
+    trunk.backward(&layers, layout, p, d_top, batch, &mut grads);
     StepResult {
         total,
         rec,

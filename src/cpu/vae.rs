@@ -2,10 +2,12 @@
 //! exactly as `train::graph` composes the GPU ones. Given the same parameters, batch and ε, the
 //! two must agree to rounding.
 
+use crate::cpu::conv::{self, permute_channels};
 use crate::cpu::{activation, elbo, iwae, matmul::matmul, reduce::column_sums, sample};
+use crate::kernels::Activation;
 use crate::kernels::iwae::Objective;
 use crate::kernels::matmul::Layout;
-use crate::model::{DEC_LOGVAR, Dense, ParamLayout, VaeConfig};
+use crate::model::{ConvLayer, DEC_LOGVAR, Dense, Layers, ParamLayout, VaeConfig};
 
 /// The loss terms (sums over the batch) and the gradient of `Σ_b rec_b + β kl_b`.
 #[derive(Debug, Clone)]
@@ -73,11 +75,128 @@ pub(crate) fn dense_backward(
 }
 
 /// dpre = dy ⊙ act'(pre).
-fn through_activation(d: &Dense, dy: &[f64], pre: &[f64]) -> Vec<f64> {
+fn through_activation(act: Activation, dy: &[f64], pre: &[f64]) -> Vec<f64> {
     dy.iter()
         .zip(pre)
-        .map(|(g, &x)| g * activation::derivative(d.act, x))
+        .map(|(g, &x)| g * activation::derivative(act, x))
         .collect()
+}
+
+/// A layer of a chain: dense or convolutional.
+pub(crate) trait Layer {
+    fn act(&self) -> Activation;
+    /// `act(layer(x))` on `rows` rows: (pre-activation, output).
+    fn forward(
+        &self,
+        layout: &ParamLayout,
+        p: &[f64],
+        x: &[f64],
+        rows: usize,
+    ) -> (Vec<f64>, Vec<f64>);
+    /// Writes the parameter gradients into `grads`; returns the input's gradient.
+    fn backward(
+        &self,
+        layout: &ParamLayout,
+        p: &[f64],
+        x: &[f64],
+        dpre: &[f64],
+        rows: usize,
+        grads: &mut [f64],
+    ) -> Vec<f64>;
+}
+
+impl Layer for Dense {
+    fn act(&self) -> Activation {
+        self.act
+    }
+    fn forward(
+        &self,
+        layout: &ParamLayout,
+        p: &[f64],
+        x: &[f64],
+        rows: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        dense_forward(self, layout, p, x, rows)
+    }
+    fn backward(
+        &self,
+        layout: &ParamLayout,
+        p: &[f64],
+        x: &[f64],
+        dpre: &[f64],
+        rows: usize,
+        grads: &mut [f64],
+    ) -> Vec<f64> {
+        dense_backward(self, layout, p, x, dpre, rows, grads)
+    }
+}
+
+/// A convolution's image side (input of a conv2d, output of a transposed one) between the data's
+/// [H, W, C] and the NCHW the reference computes in; other tensors pass unchanged.
+fn image_side(c: &ConvLayer, v: &[f64], rows: usize, to_last: bool) -> Vec<f64> {
+    let [ch, h, w] = if c.transposed { c.output } else { c.input };
+    if c.channels_last {
+        permute_channels(v, rows, ch, h * w, to_last)
+    } else {
+        v.to_vec()
+    }
+}
+
+impl Layer for ConvLayer {
+    fn act(&self) -> Activation {
+        self.act
+    }
+    fn forward(
+        &self,
+        layout: &ParamLayout,
+        p: &[f64],
+        x: &[f64],
+        rows: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let shape = self.shape(rows);
+        let (w, b) = (
+            tensor(layout, p, &self.weight()),
+            tensor(layout, p, &self.bias()),
+        );
+        let pre = if self.transposed {
+            let y = conv::conv_transpose2d(&shape, x, w, Some(b));
+            image_side(self, &y, rows, true)
+        } else {
+            conv::conv2d(&shape, &image_side(self, x, rows, false), w, Some(b))
+        };
+        let out = pre
+            .iter()
+            .map(|&v| activation::forward(self.act, v))
+            .collect();
+        (pre, out)
+    }
+    fn backward(
+        &self,
+        layout: &ParamLayout,
+        p: &[f64],
+        x: &[f64],
+        dpre: &[f64],
+        rows: usize,
+        grads: &mut [f64],
+    ) -> Vec<f64> {
+        let shape = self.shape(rows);
+        let w = tensor(layout, p, &self.weight());
+        let g = if self.transposed {
+            let dy = image_side(self, dpre, rows, false);
+            conv::conv_transpose2d_backward(&shape, x, w, &dy)
+        } else {
+            conv::conv2d_backward(&shape, &image_side(self, x, rows, false), w, dpre)
+        };
+        for (name, v) in [(self.weight(), &g.dw), (self.bias(), &g.db)] {
+            let t = layout.get(&name);
+            grads[t.offset..t.offset + t.len()].copy_from_slice(v);
+        }
+        if self.transposed {
+            g.dx
+        } else {
+            image_side(self, &g.dx, rows, true)
+        }
+    }
 }
 
 /// A chain of dense layers run forward: `ins[0]` the input, `ins[i + 1]` layer i's output.
@@ -86,8 +205,8 @@ pub(crate) struct Chain {
     pub pres: Vec<Vec<f64>>,
 }
 
-pub(crate) fn chain_forward(
-    layers: &[Dense],
+pub(crate) fn chain_forward<L: Layer>(
+    layers: &[L],
     layout: &ParamLayout,
     p: &[f64],
     x: &[f64],
@@ -98,7 +217,7 @@ pub(crate) fn chain_forward(
         pres: Vec::new(),
     };
     for d in layers {
-        let (pre, out) = dense_forward(d, layout, p, c.ins.last().unwrap(), rows);
+        let (pre, out) = d.forward(layout, p, c.ins.last().unwrap(), rows);
         c.pres.push(pre);
         c.ins.push(out);
     }
@@ -106,8 +225,8 @@ pub(crate) fn chain_forward(
 }
 
 /// Gradient with respect to the chain's input, given it with respect to its output.
-pub(crate) fn chain_backward(
-    layers: &[Dense],
+pub(crate) fn chain_backward<L: Layer>(
+    layers: &[L],
     layout: &ParamLayout,
     p: &[f64],
     c: &Chain,
@@ -116,10 +235,107 @@ pub(crate) fn chain_backward(
     grads: &mut [f64],
 ) -> Vec<f64> {
     for (i, d) in layers.iter().enumerate().rev() {
-        let dpre = through_activation(d, &dy, &c.pres[i]);
-        dy = dense_backward(d, layout, p, &c.ins[i], &dpre, rows, grads);
+        let dpre = through_activation(d.act(), &dy, &c.pres[i]);
+        dy = d.backward(layout, p, &c.ins[i], &dpre, rows, grads);
     }
     dy
+}
+
+/// The encoder's deterministic trunk run forward: its convolutions, then its dense layers.
+pub(crate) struct Trunk {
+    conv: Chain,
+    dense: Chain,
+}
+
+impl Trunk {
+    pub(crate) fn forward(
+        layers: &Layers,
+        layout: &ParamLayout,
+        p: &[f64],
+        x: &[f64],
+        rows: usize,
+    ) -> Self {
+        let conv = chain_forward(&layers.enc_conv, layout, p, x, rows);
+        let dense = chain_forward(&layers.encoder, layout, p, conv.ins.last().unwrap(), rows);
+        Self { conv, dense }
+    }
+
+    /// The trunk's output, which the heads read.
+    pub(crate) fn top(&self) -> &[f64] {
+        self.dense.ins.last().unwrap()
+    }
+
+    /// The parameter gradients from the gradient with respect to [`Trunk::top`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward(
+        &self,
+        layers: &Layers,
+        layout: &ParamLayout,
+        p: &[f64],
+        d_top: Vec<f64>,
+        rows: usize,
+        grads: &mut [f64],
+    ) {
+        let d = chain_backward(&layers.encoder, layout, p, &self.dense, d_top, rows, grads);
+        chain_backward(&layers.enc_conv, layout, p, &self.conv, d, rows, grads);
+    }
+}
+
+/// The decoder run forward: its dense layers with the output layer, then its transposed
+/// convolutions.
+pub(crate) struct Generator {
+    dense: Chain,
+    conv: Chain,
+}
+
+fn dense_decoder(layers: &Layers) -> Vec<Dense> {
+    layers
+        .decoder
+        .iter()
+        .chain([&layers.out])
+        .cloned()
+        .collect()
+}
+
+impl Generator {
+    pub(crate) fn forward(
+        layers: &Layers,
+        layout: &ParamLayout,
+        p: &[f64],
+        z: &[f64],
+        rows: usize,
+    ) -> Self {
+        let dense = chain_forward(&dense_decoder(layers), layout, p, z, rows);
+        let conv = chain_forward(&layers.dec_conv, layout, p, dense.ins.last().unwrap(), rows);
+        Self { dense, conv }
+    }
+
+    /// The logits or means, [rows, D].
+    pub(crate) fn out(&self) -> &[f64] {
+        self.conv.ins.last().unwrap()
+    }
+
+    /// The parameter gradients from `d_out`; returns the latents' gradient.
+    pub(crate) fn backward(
+        &self,
+        layers: &Layers,
+        layout: &ParamLayout,
+        p: &[f64],
+        d_out: Vec<f64>,
+        rows: usize,
+        grads: &mut [f64],
+    ) -> Vec<f64> {
+        let d = chain_backward(&layers.dec_conv, layout, p, &self.conv, d_out, rows, grads);
+        chain_backward(
+            &dense_decoder(layers),
+            layout,
+            p,
+            &self.dense,
+            d,
+            rows,
+            grads,
+        )
+    }
 }
 
 /// (μ, logσ²) heads on `input`, and their backward summed into the input's gradient.
@@ -215,20 +431,21 @@ pub(crate) fn weigh_reconstruction(
 pub fn encode(cfg: &VaeConfig, layout: &ParamLayout, p: &[f64], x: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let layers = cfg.layers();
     let batch = x.len() / cfg.input;
-    let enc = chain_forward(&layers.encoder, layout, p, x, batch);
+    let trunk = Trunk::forward(&layers, layout, p, x, batch);
     let heads = Heads {
         mu: &layers.mu,
         logvar: &layers.logvar,
     };
-    heads.forward(layout, p, enc.ins.last().unwrap(), batch)
+    heads.forward(layout, p, trunk.top(), batch)
 }
 
 /// The decoder output (logits or means), [R, D], for latents `z` [R, L].
 pub fn decode(cfg: &VaeConfig, layout: &ParamLayout, p: &[f64], z: &[f64]) -> Vec<f64> {
     let layers = cfg.layers();
     let rows = z.len() / cfg.latent;
-    let dec = chain_forward(&layers.decoder, layout, p, z, rows);
-    dense_forward(&layers.out, layout, p, dec.ins.last().unwrap(), rows).0
+    Generator::forward(&layers, layout, p, z, rows)
+        .out()
+        .to_vec()
 }
 
 /// Loss and gradient for one batch `x` [B, D] with noise `eps` [B, L].
@@ -258,37 +475,27 @@ pub fn step_k(
     let batch = x.len() / cfg.input;
     let rows = eps.len() / cfg.latent;
     // Forward, keeping every layer's input and pre-activation.
-    let enc = chain_forward(&layers.encoder, layout, p, x, batch);
-    let top = enc.ins.last().unwrap();
+    let trunk = Trunk::forward(&layers, layout, p, x, batch);
     let heads = Heads {
         mu: &layers.mu,
         logvar: &layers.logvar,
     };
-    let (mu, logvar) = heads.forward(layout, p, top, batch);
+    let (mu, logvar) = heads.forward(layout, p, trunk.top(), batch);
     let z = sample::reparam_forward(&mu, &logvar, eps);
-    let dec = chain_forward(&layers.decoder, layout, p, &z, rows);
-    let (out, _) = dense_forward(&layers.out, layout, p, dec.ins.last().unwrap(), rows);
-    let mut loss = sample_row_reconstruction(cfg, layout, p, x, &out, rows);
+    let dec = Generator::forward(&layers, layout, p, &z, rows);
+    let mut loss = sample_row_reconstruction(cfg, layout, p, x, dec.out(), rows);
     let terms = iwae::train_terms(objective, beta, batch, &loss.rec, &z, eps, &mu, &logvar);
 
     // Backward.
     let mut grads = vec![0.0; layout.len];
     weigh_reconstruction(cfg, layout, &mut loss, &terms.weights, &mut grads);
-    let d_top = dense_backward(
-        &layers.out,
-        layout,
-        p,
-        dec.ins.last().unwrap(),
-        &loss.d_dec,
-        rows,
-        &mut grads,
-    );
-    let mut dz = chain_backward(&layers.decoder, layout, p, &dec, d_top, rows, &mut grads);
+    let d_dec = std::mem::take(&mut loss.d_dec);
+    let mut dz = dec.backward(&layers, layout, p, d_dec, rows, &mut grads);
     dz.iter_mut().zip(&terms.dz).for_each(|(g, t)| *g += t);
     let (mut dmu, mut dlogvar) = (terms.dmu.clone(), terms.dlogvar.clone());
     sample::reparam_backward(&dz, eps, &logvar, &mut dmu, &mut dlogvar);
-    let d_top = heads.backward(layout, p, top, (&dmu, &dlogvar), batch, &mut grads);
-    chain_backward(&layers.encoder, layout, p, &enc, d_top, batch, &mut grads);
+    let d_top = heads.backward(layout, p, trunk.top(), (&dmu, &dlogvar), batch, &mut grads);
+    trunk.backward(&layers, layout, p, d_top, batch, &mut grads);
     StepResult {
         total: terms.total.iter().sum(),
         rec: terms.rec.iter().sum(),

@@ -1,12 +1,15 @@
-//! The MLP VAE: its layers, the flat parameter layout they live in, and PyTorch's initialization.
+//! The VAE: its layers (dense, optionally behind convolutions, optionally with further
+//! stochastic layers), the flat parameter layout they live in, and PyTorch's initialization.
 //!
-//! Weights are stored `[fan_in, fan_out]` (so the forward pass is `X·W`, the NN matmul), biases
-//! `[fan_out]`. All tensors share one flat buffer, each starting on a 64-element boundary so any
-//! tensor can be bound on its own (storage offsets must be 256-byte aligned).
+//! Dense weights are stored `[fan_in, fan_out]` (so the forward pass is `X·W`, the NN matmul),
+//! convolution weights as PyTorch's (`[c_out, c_in, k, k]`, transposed `[c_in, c_out, k, k]`),
+//! biases `[fan_out]`. All tensors share one flat buffer, each starting on a 64-element boundary
+//! so any tensor can be bound on its own (storage offsets must be 256-byte aligned).
 
 use rand::{RngExt, SeedableRng};
 
 use crate::kernels::Activation;
+use crate::kernels::conv::ConvShape;
 use crate::kernels::elbo::Likelihood;
 
 /// What a user chooses: `--hidden 512,256 --latent 20 --activation relu --likelihood bernoulli`.
@@ -20,6 +23,142 @@ pub struct VaeConfig {
     /// Stochastic layers above the first, bottom-up (a Markov hierarchy; empty: one layer).
     #[serde(default)]
     pub upper: Vec<Stage>,
+    /// Convolutions in front of the encoder's dense layers, mirrored behind the decoder's.
+    #[serde(default)]
+    pub conv: Option<ConvStack>,
+}
+
+/// A convolutional encoder (and its mirror, of transposed convolutions, in the decoder): each
+/// layer `kernel`×`kernel` with `stride` and "same" padding `(kernel − 1)/2`, the activation
+/// after every layer but the decoder's last, which gives the picture's logits or means.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConvStack {
+    /// The pictures: height, width, channels (pixels stored [H, W, C], as the loaders give them).
+    pub image: [usize; 3],
+    /// Output channels of each encoder layer, e.g. `[32, 64]`.
+    pub channels: Vec<usize>,
+    pub kernel: usize,
+    pub stride: usize,
+}
+
+impl ConvStack {
+    fn pad(&self) -> usize {
+        (self.kernel - 1) / 2
+    }
+
+    /// (channels, height, width) of the encoder's input and each layer's output, or why the
+    /// stack cannot run on its pictures.
+    pub fn sizes(&self) -> Result<Vec<[usize; 3]>, String> {
+        let [h, w, c] = self.image;
+        if h == 0 || w == 0 || c == 0 {
+            return Err(format!(
+                "pictures of {h}x{w}x{c}: every side must be at least 1"
+            ));
+        }
+        if self.kernel == 0 || self.stride == 0 || self.channels.is_empty() {
+            return Err("a convolution needs a kernel, a stride and channels of at least 1".into());
+        }
+        if let Some(c) = self.channels.iter().find(|&&c| c == 0) {
+            return Err(format!("{c} channels: every layer needs at least 1"));
+        }
+        let mut sizes = vec![[c, h, w]];
+        for &co in &self.channels {
+            let [_, h, w] = *sizes.last().unwrap();
+            let out = |side: usize| (side + 2 * self.pad()).checked_sub(self.kernel);
+            match (out(h), out(w)) {
+                (Some(oh), Some(ow)) => {
+                    sizes.push([co, oh / self.stride + 1, ow / self.stride + 1])
+                }
+                _ => {
+                    return Err(format!(
+                        "a {k}x{k} kernel does not fit a {h}x{w} feature map (layer {})",
+                        sizes.len(),
+                        k = self.kernel
+                    ));
+                }
+            }
+        }
+        Ok(sizes)
+    }
+
+    /// `28x28x1-c32-c64`.
+    fn describe(&self) -> String {
+        let [h, w, c] = self.image;
+        let mut s = format!("{h}x{w}x{c}");
+        for ch in &self.channels {
+            s += &format!("-c{ch}");
+        }
+        s
+    }
+}
+
+/// One convolution layer (PyTorch's `Conv2d`, or `ConvTranspose2d` when `transposed`) of a
+/// [`ConvStack`], named `enc.conv{i}` or `dec.conv{i}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvLayer {
+    pub name: String,
+    pub transposed: bool,
+    /// Input channels, height, width.
+    pub input: [usize; 3],
+    /// Output channels, height, width.
+    pub output: [usize; 3],
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub output_pad: usize,
+    pub act: Activation,
+    /// The image side (the encoder's input, the decoder's output) is the data's [H, W, C].
+    pub channels_last: bool,
+}
+
+impl ConvLayer {
+    pub fn weight(&self) -> String {
+        format!("{}.weight", self.name)
+    }
+    pub fn bias(&self) -> String {
+        format!("{}.bias", self.name)
+    }
+
+    /// PyTorch's weight shape.
+    pub fn weight_shape(&self) -> Vec<usize> {
+        let (ci, co, k) = (self.input[0], self.output[0], self.kernel);
+        if self.transposed {
+            vec![ci, co, k, k]
+        } else {
+            vec![co, ci, k, k]
+        }
+    }
+
+    /// Values per row of the input and of the output.
+    pub fn in_len(&self) -> usize {
+        self.input.iter().product()
+    }
+    pub fn out_len(&self) -> usize {
+        self.output.iter().product()
+    }
+
+    /// The kernels' shape for `batch` rows.
+    pub fn shape(&self, batch: usize) -> ConvShape {
+        let [c_in, h, w] = self.input;
+        ConvShape {
+            batch: batch as u32,
+            c_in: c_in as u32,
+            h: h as u32,
+            w: w as u32,
+            c_out: self.output[0] as u32,
+            kh: self.kernel as u32,
+            kw: self.kernel as u32,
+            stride: self.stride as u32,
+            pad: self.pad as u32,
+            output_pad: self.output_pad as u32,
+        }
+    }
+
+    /// PyTorch's `fan_in` for the initialization bound: the weight's dimension 1 times the taps
+    /// (so `c_out·k²` for a transposed convolution, as PyTorch computes it).
+    fn fan_in(&self) -> usize {
+        self.weight_shape()[1] * self.kernel * self.kernel
+    }
 }
 
 /// One more stochastic layer z_l of `latent` units: inferred from z_{l−1} through `hidden`
@@ -97,10 +236,14 @@ pub struct Layers {
     pub logvar: Dense,
     /// latent → hidden[n-1] → … → hidden[0], all with the activation.
     pub decoder: Vec<Dense>,
-    /// hidden[0] → input, no activation (logits or means).
+    /// hidden[0] → input, no activation (logits or means); with convolutions, → the first
+    /// transposed convolution's input, with the activation.
     pub out: Dense,
     /// The stochastic layers above z_1, bottom-up.
     pub upper: Vec<StageLayers>,
+    /// Convolutions before `encoder` and after `out` (which then has the activation).
+    pub enc_conv: Vec<ConvLayer>,
+    pub dec_conv: Vec<ConvLayer>,
 }
 
 /// `dims[0] → dims[1] → …`, each with `act`, named `{prefix}.{i}`.
@@ -126,6 +269,8 @@ fn head(name: String, fan_in: usize, fan_out: usize) -> Dense {
 }
 
 impl VaeConfig {
+    /// The layers. Panics on a [`ConvStack`] whose [`ConvStack::sizes`] is an error: check
+    /// that with [`VaeConfig::check`] where a configuration comes from outside.
     pub fn layers(&self) -> Layers {
         let dense = |name: String, fan_in, fan_out, act| Dense {
             name,
@@ -133,7 +278,14 @@ impl VaeConfig {
             fan_out,
             act,
         };
-        let mut enc_dims = vec![self.input];
+        let (enc_conv, dec_conv) = self.conv_layers();
+        let flat = enc_conv.last().map_or(self.input, ConvLayer::out_len);
+        let (out_act, out_len) = if enc_conv.is_empty() {
+            (Activation::Identity, self.input)
+        } else {
+            (self.act, flat)
+        };
+        let mut enc_dims = vec![flat];
         enc_dims.extend(&self.hidden);
         let encoder = enc_dims
             .windows(2)
@@ -156,11 +308,101 @@ impl VaeConfig {
             out: dense(
                 "dec.out".into(),
                 *dec_dims.last().unwrap(),
-                self.input,
-                Activation::Identity,
+                out_len,
+                out_act,
             ),
             upper: self.stage_layers(),
+            enc_conv,
+            dec_conv,
         }
+    }
+
+    /// The encoder's convolutions and their mirror in the decoder (empty without a stack).
+    fn conv_layers(&self) -> (Vec<ConvLayer>, Vec<ConvLayer>) {
+        let Some(stack) = &self.conv else {
+            return (Vec::new(), Vec::new());
+        };
+        let sizes = stack.sizes().expect("a checked convolution stack");
+        let n = stack.channels.len();
+        let layer = |name: String, transposed, input: [usize; 3], output: [usize; 3], edge| {
+            // The transposed convolution's natural output side, (in − 1)·s + k − 2p, and what
+            // is missing to the encoder's side it mirrors ([`VaeConfig::check`]).
+            let natural = (input[1] - 1) * stack.stride + stack.kernel - 2 * stack.pad();
+            ConvLayer {
+                name,
+                transposed,
+                input,
+                output,
+                kernel: stack.kernel,
+                stride: stack.stride,
+                pad: stack.pad(),
+                output_pad: if transposed { output[1] - natural } else { 0 },
+                act: if transposed && edge {
+                    Activation::Identity
+                } else {
+                    self.act
+                },
+                channels_last: edge,
+            }
+        };
+        let enc = (0..n)
+            .map(|i| {
+                layer(
+                    format!("enc.conv{i}"),
+                    false,
+                    sizes[i],
+                    sizes[i + 1],
+                    i == 0,
+                )
+            })
+            .collect();
+        let dec = (0..n)
+            .rev()
+            .map(|i| {
+                layer(
+                    format!("dec.conv{}", n - 1 - i),
+                    true,
+                    sizes[i + 1],
+                    sizes[i],
+                    i == 0,
+                )
+            })
+            .collect();
+        (enc, dec)
+    }
+
+    /// Whether the layers can be built: the convolutions fit their pictures, whose pixels are
+    /// the input, and a transposed convolution can give back each side the encoder reduced.
+    pub fn check(&self) -> Result<(), String> {
+        let Some(stack) = &self.conv else {
+            return Ok(());
+        };
+        let sizes = stack.sizes()?;
+        let [h, w, c] = stack.image;
+        if h * w * c != self.input {
+            return Err(format!(
+                "pictures of {h}x{w}x{c} have {} pixels, the data's items {}",
+                h * w * c,
+                self.input
+            ));
+        }
+        for pair in sizes.windows(2) {
+            // output_pad for height and width: one value, less than the stride.
+            let pads = [1, 2].map(|i| {
+                let natural = (pair[1][i] - 1) * stack.stride + stack.kernel - 2 * stack.pad();
+                pair[0][i].checked_sub(natural)
+            });
+            let fits = matches!(pads, [Some(a), Some(b)] if a == b && a < stack.stride);
+            if !fits {
+                let ([_, h, w], [_, sh, sw]) = (pair[0], pair[1]);
+                return Err(format!(
+                    "a transposed convolution (kernel {}, stride {}) cannot map {sh}x{sw} back \
+                     to {h}x{w} (use an odd kernel, or pictures whose sides reduce alike)",
+                    stack.kernel, stack.stride
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn stage_layers(&self) -> Vec<StageLayers> {
@@ -191,6 +433,15 @@ impl VaeConfig {
 
     /// The inference path's widths, `784-400-20`, with every stage: `784-200-200-100-100-100-50`.
     pub fn dims(&self) -> String {
+        if let Some(stack) = &self.conv {
+            let flat = self.layers().out.fan_out;
+            let rest = VaeConfig {
+                input: flat,
+                conv: None,
+                ..self.clone()
+            };
+            return format!("{}-{}", stack.describe(), rest.dims());
+        }
         let mut dims = vec![self.input];
         dims.extend(&self.hidden);
         dims.push(self.latent);
@@ -276,9 +527,14 @@ impl ParamLayout {
             });
             offset += len.next_multiple_of(ALIGN);
         };
-        for d in cfg.layers().all() {
+        let layers = cfg.layers();
+        for d in layers.all() {
             push(d.weight(), vec![d.fan_in, d.fan_out]);
             push(d.bias(), vec![d.fan_out]);
+        }
+        for c in layers.enc_conv.iter().chain(&layers.dec_conv) {
+            push(c.weight(), c.weight_shape());
+            push(c.bias(), vec![c.output[0]]);
         }
         if cfg.likelihood.learns_variance() {
             push(DEC_LOGVAR.into(), vec![cfg.input]);
@@ -302,14 +558,22 @@ impl ParamLayout {
     }
 }
 
-/// PyTorch's `nn.Linear` initialization: weights Kaiming-uniform with a = √5 and biases uniform,
-/// both in ±1/√fan_in. The decoder log-variance starts at 0 (σ = 1). Padding stays 0.
+/// PyTorch's `nn.Linear` and `nn.Conv2d` initialization: weights Kaiming-uniform with a = √5 and
+/// biases uniform, both in ±1/√fan_in. The decoder log-variance starts at 0 (σ = 1). Padding
+/// stays 0.
 pub fn init_params(cfg: &VaeConfig, layout: &ParamLayout, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut flat = vec![0.0f32; layout.len];
-    for d in cfg.layers().all() {
-        let bound = 1.0 / (d.fan_in as f64).sqrt();
-        for name in [d.weight(), d.bias()] {
+    let layers = cfg.layers();
+    let dense = layers
+        .all()
+        .into_iter()
+        .map(|d| (d.fan_in, d.weight(), d.bias()));
+    let conv = (layers.enc_conv.iter().chain(&layers.dec_conv))
+        .map(|c| (c.fan_in(), c.weight(), c.bias()));
+    for (fan_in, weight, bias) in dense.chain(conv) {
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        for name in [weight, bias] {
             let t = layout.get(&name);
             for v in &mut flat[t.offset..t.offset + t.len()] {
                 *v = rng.random_range(-bound..bound) as f32;

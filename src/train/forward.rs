@@ -7,19 +7,22 @@ use std::collections::hash_map::Entry;
 
 use crate::gpu::{Dispatch, Gpu, Result, View};
 use crate::kernels::Activation;
+use crate::kernels::conv::{Conv, ConvConfig, ConvOp, ConvShape};
 use crate::kernels::hierarchy::{HierarchyKernels, StageShape, StageValues};
 use crate::kernels::matmul::{Layout, Matmul, MatmulConfig, MatmulVariant};
 use crate::kernels::sample::{SampleShape, Sampler};
-use crate::model::{Dense, ParamLayout, VaeConfig};
+use crate::model::{ConvLayer, Dense, ParamLayout, VaeConfig};
 
 /// Products smaller than this (multiply-adds) use [`MatmulVariant::auto`] untimed.
 const MIN_TUNED_MACS: u64 = 1 << 18;
 
 /// The matmuls a graph uses: each product runs the variant timed fastest for its layout and shape
-/// on this adapter ([`Gpu::tuned`]), compiled once per epilogue configuration.
+/// on this adapter ([`Gpu::tuned`]), compiled once per epilogue configuration; and its
+/// convolutions (implicit GEMMs), compiled once per configuration.
 pub(crate) struct Matmuls<'g> {
     gpu: &'g Gpu,
     compiled: HashMap<(MatmulConfig, MatmulVariant), Matmul>,
+    convs: HashMap<ConvConfig, Conv>,
     /// Plain products of each layout and variant, for timing shapes not in the tuning cache.
     timing: HashMap<(Layout, MatmulVariant), Matmul>,
 }
@@ -29,8 +32,27 @@ impl<'g> Matmuls<'g> {
         Self {
             gpu,
             compiled: HashMap::new(),
+            convs: HashMap::new(),
             timing: HashMap::new(),
         }
+    }
+
+    /// Binds one pass of a convolution (see [`Conv::bind_aux`]).
+    pub(crate) fn conv(
+        &mut self,
+        cfg: ConvConfig,
+        shape: &ConvShape,
+        inputs: [&View; 2],
+        output: &View,
+        (bias, aux): (Option<&View>, Option<&View>),
+    ) -> Result<Vec<Dispatch>> {
+        let conv = match self.convs.entry(cfg) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Conv::new(self.gpu, cfg)?),
+        };
+        Ok(conv
+            .bind_aux(self.gpu, shape, inputs, output, bias, aux)?
+            .dispatches)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -118,6 +140,8 @@ pub struct Gaussian {
 
 /// The encoder's buffers for `rows` inputs and its dispatches.
 pub struct Encoded {
+    /// Convolution layers, [rows, C·H·W] each.
+    pub conv: Vec<LayerBuffers>,
     /// Hidden layers, [rows, width] each.
     pub enc: Vec<LayerBuffers>,
     /// The posterior, [rows, L].
@@ -140,6 +164,9 @@ pub struct StageForward {
 pub struct Decoded {
     /// Hidden layers, [rows, width] each.
     pub dec: Vec<LayerBuffers>,
+    /// With convolutions: the output layer's, then each transposed convolution's but the last.
+    pub head: Option<LayerBuffers>,
+    pub conv: Vec<LayerBuffers>,
     /// Logits (Bernoulli) or means (Gaussian), [rows, D].
     pub out: View,
     pub dispatches: Vec<Dispatch>,
@@ -147,6 +174,8 @@ pub struct Decoded {
 
 /// The forward pass's buffers, and its dispatches in recording order.
 pub struct Forward {
+    /// Encoder convolutions, [rows, C·H·W] each.
+    pub enc_conv: Vec<LayerBuffers>,
     /// Encoder hidden layers, [rows, width] each.
     pub enc: Vec<LayerBuffers>,
     /// The posterior, [rows, L].
@@ -155,8 +184,11 @@ pub struct Forward {
     /// The draws and their noise, [samples·rows, L], row s·rows + r for input r.
     pub z: View,
     pub eps: View,
-    /// Decoder hidden layers, [samples·rows, width] each.
+    /// Decoder hidden layers, [samples·rows, width] each, and with convolutions the output
+    /// layer's and the transposed convolutions' (see [`Decoded`]).
     pub dec: Vec<LayerBuffers>,
+    pub dec_head: Option<LayerBuffers>,
+    pub dec_conv: Vec<LayerBuffers>,
     /// Logits (Bernoulli) or means (Gaussian), [samples·rows, D].
     pub out: View,
     /// The stochastic layers above z_1 (empty for a one-layer model), on the samples·rows rows,
@@ -233,6 +265,57 @@ impl Net<'_, '_> {
 }
 
 impl Net<'_, '_> {
+    /// Records convolution layers on `rows` rows of `input`: each with its activation, storing
+    /// its pre-activation, except a last layer without one, which writes `out`. Returns their
+    /// buffers (that last layer's not among them) and the last output.
+    fn conv_stack(
+        &mut self,
+        layers: &[ConvLayer],
+        input: &View,
+        rows: usize,
+        out: Option<&View>,
+        dispatches: &mut Vec<Dispatch>,
+    ) -> Result<(Vec<LayerBuffers>, View)> {
+        let mut bufs = Vec::new();
+        let mut input = input.clone();
+        for layer in layers {
+            let cfg = ConvConfig {
+                bias: true,
+                act: layer.act,
+                store_pre: layer.act != Activation::Identity,
+                channels_last: layer.channels_last,
+                ..ConvConfig::new(layer.transposed, ConvOp::Forward)
+            };
+            let len = (rows * layer.out_len()) as u64;
+            let (pre, output) = match out {
+                Some(o) if !cfg.store_pre => (None, o.clone()),
+                _ => (
+                    Some(self.gpu.zeros(&format!("{}.pre", layer.name), len)?),
+                    self.gpu.zeros(&format!("{}.out", layer.name), len)?,
+                ),
+            };
+            let (w, b) = (
+                tensor(self.params, self.layout, &layer.weight()),
+                tensor(self.params, self.layout, &layer.bias()),
+            );
+            dispatches.extend(self.mm.conv(
+                cfg,
+                &layer.shape(rows),
+                [&input, &w],
+                &output,
+                (Some(&b), pre.as_ref().filter(|_| cfg.store_pre)),
+            )?);
+            if let Some(pre) = pre {
+                bufs.push(LayerBuffers {
+                    pre,
+                    out: output.clone(),
+                });
+            }
+            input = output;
+        }
+        Ok((bufs, input))
+    }
+
     /// Records a Gaussian MLP on `input` ([rows, ·]): the hidden stack, then both heads.
     pub(crate) fn gaussian(
         &mut self,
@@ -260,14 +343,16 @@ impl Net<'_, '_> {
     pub(crate) fn encode(&mut self, x: &View, rows: usize) -> Result<Encoded> {
         let layers = self.cfg.layers();
         let mut dispatches = Vec::new();
+        let (conv, flat) = self.conv_stack(&layers.enc_conv, x, rows, None, &mut dispatches)?;
         let q = self.gaussian(
             &layers.encoder,
             (&layers.mu, &layers.logvar),
-            x,
+            &flat,
             rows,
             &mut dispatches,
         )?;
         Ok(Encoded {
+            conv,
             enc: q.hidden,
             mu: q.mu,
             logvar: q.logvar,
@@ -374,9 +459,28 @@ impl Net<'_, '_> {
         let mut dispatches = Vec::new();
         let (dec, last) = self.stack(&layers.decoder, z, rows, &mut dispatches)?;
         let out = self.gpu.zeros("dec", (rows * self.cfg.input) as u64)?;
-        dispatches.push(self.dense(&layers.out, &last, &out, rows, None)?);
+        if layers.dec_conv.is_empty() {
+            dispatches.push(self.dense(&layers.out, &last, &out, rows, None)?);
+            return Ok(Decoded {
+                dec,
+                head: None,
+                conv: Vec::new(),
+                out,
+                dispatches,
+            });
+        }
+        let (mut head, flat) = self.stack(
+            std::slice::from_ref(&layers.out),
+            &last,
+            rows,
+            &mut dispatches,
+        )?;
+        let (conv, _) =
+            self.conv_stack(&layers.dec_conv, &flat, rows, Some(&out), &mut dispatches)?;
         Ok(Decoded {
             dec,
+            head: head.pop(),
+            conv,
             out,
             dispatches,
         })
@@ -410,12 +514,15 @@ impl Forward {
         let d = net.decode(&z, drawn)?;
         dispatches.extend(d.dispatches);
         Ok(Self {
+            enc_conv: e.conv,
             enc: e.enc,
             mu: e.mu,
             logvar: e.logvar,
             z,
             eps,
             dec: d.dec,
+            dec_head: d.head,
+            dec_conv: d.conv,
             out: d.out,
             stages,
             upper_terms,

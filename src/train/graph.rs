@@ -7,6 +7,7 @@ use crate::gpu::{Dispatch, Gpu, GpuError, Result, View};
 use crate::kernels::Activation;
 use crate::kernels::adam::{AdamBuffers, AdamConfig, AdamKernel, AdamStep};
 use crate::kernels::batch::{BatchKernel, Gather};
+use crate::kernels::conv::{ConvConfig, ConvOp};
 use crate::kernels::elbo::{
     Elbo, ElboDispatches, ElboInputs, ElboOutputs, ElboShape, RUNNING_LEN, Running,
 };
@@ -17,7 +18,7 @@ use crate::kernels::iwae::{
 use crate::kernels::matmul::{Layout, MatmulConfig};
 use crate::kernels::reduce::{ReduceKernels, SumOf};
 use crate::kernels::sample::{SampleShape, Sampler};
-use crate::model::{DEC_LOGVAR, Dense, Layers, ParamLayout, VaeConfig};
+use crate::model::{ConvLayer, DEC_LOGVAR, Dense, Layers, ParamLayout, VaeConfig};
 
 use super::forward::{Forward, LayerBuffers, Matmuls, Net, StageForward, tensor};
 
@@ -69,11 +70,9 @@ fn check_fits(gpu: &Gpu, cfg: &VaeConfig, layout: &ParamLayout, batch: u32) -> R
             ),
         });
     }
-    let widest = cfg
-        .layers()
-        .all()
-        .iter()
-        .map(|d| d.fan_out)
+    let layers = cfg.layers();
+    let widest = (layers.all().iter().map(|d| d.fan_out))
+        .chain(layers.enc_conv.iter().map(ConvLayer::out_len))
         .chain([cfg.input])
         .max()
         .unwrap_or(1);
@@ -220,6 +219,35 @@ fn dpre_scratch(gpu: &Gpu, layers: &[Dense], rows: usize) -> Result<Vec<View>> {
         .collect()
 }
 
+/// Where the backward of a stack sends the gradient with respect to its input: written or added
+/// to `target`, times the derivative of the activation that produced the input (at its
+/// pre-activation) when `through` is given.
+#[derive(Clone, Copy)]
+struct InputGrad<'v> {
+    target: &'v View,
+    add: bool,
+    through: Option<(Activation, &'v View)>,
+}
+
+impl<'v> InputGrad<'v> {
+    fn new(target: &'v View, add: bool) -> Self {
+        Self {
+            target,
+            add,
+            through: None,
+        }
+    }
+
+    /// Into the pre-activation of the layer that produced the input.
+    fn through(layer: &'v LayerBuffers, act: Activation, dpre: &'v View) -> Self {
+        Self {
+            target: dpre,
+            add: false,
+            through: Some((act, &layer.pre)),
+        }
+    }
+}
+
 /// Records backward matmuls into `ops`, gradients into the flat `grads`.
 struct Backward<'a, 'g> {
     mm: &'a mut Matmuls<'g>,
@@ -299,7 +327,7 @@ impl Backward<'_, '_> {
         dpre: &[View],
         heads: &[(&Dense, &View)],
         (input, rows): (&View, usize),
-        input_grad: Option<(&View, bool)>,
+        input_grad: Option<InputGrad>,
     ) -> Result<()> {
         let top = bufs.last().map_or(input, |b| &b.out);
         for &(head, d) in heads {
@@ -310,7 +338,7 @@ impl Backward<'_, '_> {
             (Some(layer), Some(buf), Some(target)) => {
                 Some((target, Some((layer.act, &buf.pre)), false))
             }
-            _ => input_grad.map(|(target, add)| (target, None, add)),
+            _ => input_grad.map(|g| (g.target, g.through, g.add)),
         };
         if let Some((target, act, add)) = into {
             for (k, &(head, d)) in heads.iter().enumerate() {
@@ -323,12 +351,82 @@ impl Backward<'_, '_> {
             if i > 0 {
                 let act = Some((hidden[i - 1].act, &bufs[i - 1].pre));
                 self.input_grad(&hidden[i], &dpre[i], rows, &dpre[i - 1], act, false)?;
-            } else if let Some((target, add)) = input_grad {
-                self.input_grad(&hidden[0], &dpre[0], rows, target, None, add)?;
+            } else if let Some(g) = input_grad {
+                self.input_grad(&hidden[0], &dpre[0], rows, g.target, g.through, g.add)?;
             }
         }
         Ok(())
     }
+
+    /// The backward of convolution layers on `input` (forward buffers `bufs`, one per layer
+    /// with an activation, so none for a decoder's last) from `d_last`, the gradient with
+    /// respect to the last layer's pre-activation; `dpre[i]` receives layer i's (i below the
+    /// last).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_stack(
+        &mut self,
+        layers: &[ConvLayer],
+        bufs: &[LayerBuffers],
+        dpre: &[View],
+        d_last: &View,
+        (input, rows): (&View, usize),
+        input_grad: Option<InputGrad>,
+    ) -> Result<()> {
+        for (i, layer) in layers.iter().enumerate().rev() {
+            let shape = layer.shape(rows);
+            let layer_input = if i == 0 { input } else { &bufs[i - 1].out };
+            let d = if i + 1 == layers.len() {
+                d_last
+            } else {
+                &dpre[i]
+            };
+            let weight_cfg = ConvConfig {
+                bias: true,
+                channels_last: layer.channels_last,
+                ..ConvConfig::new(layer.transposed, ConvOp::BackwardWeight)
+            };
+            let (dw, db) = (
+                tensor(self.grads, self.layout, &layer.weight()),
+                tensor(self.grads, self.layout, &layer.bias()),
+            );
+            let ops = self
+                .mm
+                .conv(weight_cfg, &shape, [layer_input, d], &dw, (Some(&db), None))?;
+            self.ops.extend(ops);
+            let below = if i > 0 {
+                Some(InputGrad::through(
+                    &bufs[i - 1],
+                    layers[i - 1].act,
+                    &dpre[i - 1],
+                ))
+            } else {
+                input_grad
+            };
+            if let Some(g) = below {
+                let data_cfg = ConvConfig {
+                    grad_act: g.through.map(|(a, _)| a),
+                    accumulate: g.add,
+                    channels_last: layer.channels_last,
+                    ..ConvConfig::new(layer.transposed, ConvOp::BackwardData)
+                };
+                let w = tensor(self.params, self.layout, &layer.weight());
+                let aux = g.through.map(|(_, pre)| pre);
+                let ops = self
+                    .mm
+                    .conv(data_cfg, &shape, [d, &w], g.target, (None, aux))?;
+                self.ops.extend(ops);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gradients with respect to each convolution's pre-activation, [rows, C·H·W] each.
+fn conv_dpre_scratch(gpu: &Gpu, layers: &[ConvLayer], rows: usize) -> Result<Vec<View>> {
+    layers
+        .iter()
+        .map(|c| gpu.zeros(&format!("{}.dpre", c.name), (rows * c.out_len()) as u64))
+        .collect()
 }
 
 impl TrainGraph {
@@ -415,12 +513,15 @@ impl TrainGraph {
         };
         let fwd = Forward::build(&mut net, &x, b, samples, &sampler)?;
         let Forward {
+            enc_conv,
             enc,
             mu,
             logvar,
             z,
             eps,
             dec,
+            dec_head,
+            dec_conv,
             out: logits,
             stages,
             upper_terms,
@@ -537,13 +638,30 @@ impl TrainGraph {
         // Output layer and decoder, into dz_1: added to the latent terms' part with one
         // stochastic layer and K samples, written first in a hierarchy (the stages add theirs).
         let dz_written = k_path && !hier;
+        // With convolutions, the transposed ones first, down to the output layer's
+        // pre-activation.
+        let d_out = match &dec_head {
+            Some(head) => {
+                let d_head = scratch("dec.out.dpre", rows * layers.out.fan_out)?;
+                back.conv_stack(
+                    &layers.dec_conv,
+                    &dec_conv,
+                    &conv_dpre_scratch(gpu, &layers.dec_conv, rows)?,
+                    &d_dec,
+                    (&head.out, rows),
+                    Some(InputGrad::through(head, layers.out.act, &d_head)),
+                )?;
+                d_head
+            }
+            None => d_dec.clone(),
+        };
         back.stack(
             &layers.decoder,
             &dec,
             &dec_dpre,
-            &[(&layers.out, &d_dec)],
+            &[(&layers.out, &d_out)],
             (&z, rows),
-            Some((&dz, dz_written)),
+            Some(InputGrad::new(&dz, dz_written)),
         )?;
         // The stages above z_1, top-down (cpu::hvae::step's order).
         let mut stage_grads = Vec::new();
@@ -584,7 +702,7 @@ impl TrainGraph {
                     &bufs.p_dpre,
                     &[(&st.p_mu, &bufs.dp_mu), (&st.p_logvar, &bufs.dp_logvar)],
                     (&f.z, rows),
-                    Some((&upper.dz[j], true)),
+                    Some(InputGrad::new(&upper.dz[j], true)),
                 )?;
                 back.ops.push(g.posterior.clone());
                 back.stack(
@@ -593,7 +711,7 @@ impl TrainGraph {
                     &bufs.q_dpre,
                     &[(&st.q_mu, &upper.dz[j]), (&st.q_logvar, &bufs.dq_logvar)],
                     (below, rows),
-                    Some((dz_below, true)),
+                    Some(InputGrad::new(dz_below, true)),
                 )?;
                 stage_grads.push(g);
             }
@@ -604,15 +722,32 @@ impl TrainGraph {
         // Through the sample into μ and logσ² (which hold the latent terms' gradient already).
         back.ops
             .push(sampler.backward(gpu, shape, &dz, &eps, &logvar, &dmu, &dlogvar)?);
-        // Heads, then the encoder.
+        // Heads, then the encoder: its dense layers, then its convolutions.
+        let enc_conv_dpre = conv_dpre_scratch(gpu, &layers.enc_conv, b)?;
+        let flat = enc_conv.last().map_or(&x, |c| &c.out);
+        let into_conv = (enc_conv
+            .last()
+            .zip(layers.enc_conv.last())
+            .zip(enc_conv_dpre.last()))
+        .map(|((buf, layer), dpre)| InputGrad::through(buf, layer.act, dpre));
         back.stack(
             &layers.encoder,
             &enc,
             &enc_dpre,
             &[(&layers.mu, &dmu), (&layers.logvar, &dlogvar)],
-            (&x, b),
-            None,
+            (flat, b),
+            into_conv,
         )?;
+        if let Some(d_last) = enc_conv_dpre.last() {
+            back.conv_stack(
+                &layers.enc_conv,
+                &enc_conv,
+                &enc_conv_dpre,
+                d_last,
+                (&x, b),
+                None,
+            )?;
+        }
 
         // Clipping needs the global gradient norm first: a two-pass sum of squares.
         let mut optimizer = Vec::new();

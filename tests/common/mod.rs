@@ -119,6 +119,7 @@ pub fn mlp_checkpoint(
             act: Activation::Relu,
             likelihood: Likelihood::Bernoulli,
             upper: Vec::new(),
+            conv: None,
         },
         epochs: 10,
         batch: 128,
