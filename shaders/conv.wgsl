@@ -262,3 +262,79 @@ fn channel_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         }
     }
 }
+
+// Direct kernels for the passes the implicit GEMM serves poorly: `direct_gather` (MODE 1) when
+// the image has few channels (most of a 64-row tile idle) and stride > 1 (most taps read zero);
+// `direct_reduce` (MODE 2) when the weight has few elements and the sum over positions is long
+// (few tiles, each with a long K loop, leave the device idle). src/kernels/conv.rs times each
+// against the GEMM and keeps the faster. Both end in the same epilogue.
+
+// MODE 1, one invocation per image element [n, row = ci, ih, iw] in NCHW order: the sum over
+// output channels of the taps that land on it, kh ≡ ih + p (mod s), skipping the rest.
+@compute @workgroup_size(64)
+fn direct_gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) li: u32) {
+    let hw = cp.h * cp.w;
+    let e = flat_workgroup(wid, nwg) * THREADS + li;
+    if (e >= cp.batch * cp.ci * hw) {
+        return;
+    }
+    let n = e / (cp.ci * hw);
+    let row = (e / hw) % cp.ci;
+    let pix = e % hw;
+    let ih = pix / cp.w;
+    let iw = pix % cp.w;
+    let s = cp.stride;
+    let taps = cp.kh * cp.kw;
+    let out_sp = cp.oh * cp.ow;
+    var sum = 0.0;
+    for (var kh = (ih + cp.pad) % s; kh < cp.kh && kh <= ih + cp.pad; kh += s) {
+        let oh = (ih + cp.pad - kh) / s;
+        if (oh >= cp.oh) {
+            continue;
+        }
+        for (var kw = (iw + cp.pad) % s; kw < cp.kw && kw <= iw + cp.pad; kw += s) {
+            let ow = (iw + cp.pad - kw) / s;
+            if (ow >= cp.ow) {
+                continue;
+            }
+            let tap = kh * cp.kw + kw;
+            var w_at = row * taps + tap;
+            var c_at = n * cp.co * out_sp + oh * cp.ow + ow;
+            for (var co = 0u; co < cp.co; co++) {
+                sum += opa[w_at] * opb[c_at];
+                w_at += cp.ci * taps;
+                c_at += out_sp;
+            }
+        }
+    }
+    conv_epilogue(row, n * hw + pix, sum);
+}
+
+// MODE 2, one workgroup per weight element [row = co, col = (ci, kh, kw)]: the sum over every
+// (n, oh, ow), strided over the invocations, then a tree.
+@compute @workgroup_size(64)
+fn direct_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) li: u32) {
+    let e = flat_workgroup(wid, nwg);
+    if (e >= cp.m * cp.n) {
+        return;
+    }
+    let row = e / cp.n;
+    let col = e % cp.n;
+    let sp = cp.oh * cp.ow;
+    var s = 0.0;
+    for (var j = li; j < cp.k; j += THREADS) {
+        s += load_a(row, j) * im2col(j / sp, j % sp, col);
+    }
+    tree[li] = s;
+    for (var half = THREADS / 2u; half > 0u; half = half >> 1u) {
+        workgroupBarrier();
+        if (li < half) {
+            tree[li] = tree[li] + tree[li + half];
+        }
+    }
+    if (li == 0u) {
+        conv_epilogue(row, col, tree[0]);
+    }
+}

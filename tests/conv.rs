@@ -1,7 +1,9 @@
 //! 2-D convolution and transposed convolution (forward, data and weight gradients, bias
 //! gradients): the f64 reference against central finite differences and against each other (the
-//! adjoint identity), and the GPU kernels against the reference on every adapter, on shapes
-//! that fill no tile, edge values, and the Keras example's convolutional VAE.
+//! adjoint identity), and the GPU kernels (the implicit GEMM and, where a pass has one, the
+//! direct kernel) against the reference on every adapter, on shapes that fill no tile, edge
+//! values, and the Keras example's convolutional VAE. The direct kernels sum the same terms in
+//! another order, so the same bounds hold.
 //!
 //! GPU tolerance, as in tests/matmul.rs: each output element is a sum of T products (and the
 //! bias), which f32 forms, in any order and with or without fused multiply-adds, to within
@@ -215,16 +217,18 @@ struct Passes {
 }
 
 impl Passes {
-    fn new(gpu: &Gpu, t: bool) -> Self {
+    /// With `direct`, the direct kernel for every pass that has one.
+    fn new(gpu: &Gpu, t: bool, direct: bool) -> Self {
         let c = |op, bias| {
-            Conv::new(
-                gpu,
-                ConvConfig {
-                    bias,
-                    ..ConvConfig::new(t, op)
-                },
-            )
-            .unwrap()
+            let cfg = ConvConfig {
+                bias,
+                ..ConvConfig::new(t, op)
+            };
+            let cfg = ConvConfig {
+                direct: direct && cfg.has_direct(),
+                ..cfg
+            };
+            Conv::new(gpu, cfg).unwrap()
         };
         Passes {
             fwd: c(ConvOp::Forward, true),
@@ -369,8 +373,8 @@ fn gpu_shapes() -> Vec<ConvShape> {
 fn gpu_matches_cpu_on_odd_shapes_and_edge_values() {
     for gpu in all_gpus() {
         let mut worst = 0.0f64;
-        for t in [false, true] {
-            let p = Passes::new(&gpu, t);
+        for (t, direct) in [(false, false), (true, false), (false, true), (true, true)] {
+            let p = Passes::new(&gpu, t, direct);
             for (i, s) in gpu_shapes().into_iter().enumerate() {
                 // The transposed layer uses the shape as its own (its input is 7×7 or 28×28),
                 // with output_pad 1 where the stride allows.
@@ -410,12 +414,17 @@ fn keras_example_shapes() {
         (ConvShape::square(n, 32, 28, 1, 3, 1, 1, 0), true, (28, 28)),
     ];
     for gpu in all_gpus() {
-        let passes = [Passes::new(&gpu, false), Passes::new(&gpu, true)];
         let mut worst = 0.0f64;
-        for (i, (s, t, hw)) in layers.iter().enumerate() {
-            assert_eq!(s.out_hw(*t).unwrap(), *hw, "{s:?}");
-            let d = data(s, *t, Values::Random, 300 + i as u64);
-            worst = worst.max(check_layer(&gpu, &passes[*t as usize], s, *t, &d, "keras"));
+        for direct in [false, true] {
+            let passes = [
+                Passes::new(&gpu, false, direct),
+                Passes::new(&gpu, true, direct),
+            ];
+            for (i, (s, t, hw)) in layers.iter().enumerate() {
+                assert_eq!(s.out_hw(*t).unwrap(), *hw, "{s:?}");
+                let d = data(s, *t, Values::Random, 300 + i as u64);
+                worst = worst.max(check_layer(&gpu, &passes[*t as usize], s, *t, &d, "keras"));
+            }
         }
         eprintln!(
             "keras shapes on {}: worst err/tol {worst:.3}",
@@ -532,7 +541,7 @@ fn channels_last_stored_pre_activation_and_fused_derivative() {
     // as the plain forward); the data gradient is multiplied by ReLU' at a given pre-activation,
     // which is exact (0 or 1), so its tolerance stays the plain data gradient's.
     for gpu in all_gpus() {
-        for t in [false, true] {
+        for (t, direct) in [(false, false), (true, false), (false, true), (true, true)] {
             let s = if t {
                 ConvShape::square(3, 5, 7, 3, 3, 2, 1, 1)
             } else {
@@ -574,16 +583,14 @@ fn channels_last_stored_pre_activation_and_fused_derivative() {
             let d = data(&s, t, Values::Random, 500 + t as u64);
             let (x, w, b, dy) = (to_f64(&d.x), to_f64(&d.w), to_f64(&d.b), to_f64(&d.dy));
             let (t_fwd, t_dx, t_dw, t_db) = terms(&s, t);
-            let name = format!("channels-last t={t} on {}", gpu.info.name);
+            let name = format!("channels-last t={t} direct={direct} on {}", gpu.info.name);
             let conv = |cfg: ConvConfig| {
-                Conv::new(
-                    &gpu,
-                    ConvConfig {
-                        channels_last: true,
-                        ..cfg
-                    },
-                )
-                .unwrap()
+                let cfg = ConvConfig {
+                    channels_last: true,
+                    direct: direct && cfg.has_direct(),
+                    ..cfg
+                };
+                Conv::new(&gpu, cfg).unwrap()
             };
             let up = |label, v: &[f32]| gpu.upload(label, v).unwrap();
             let read = |v: &View| gpu.read::<f32>(v).unwrap();

@@ -243,6 +243,9 @@ pub struct ConvConfig {
     /// The image tensor (conv2d's input, the transposed convolution's output) is [N, H, W, C],
     /// as pixels are stored, instead of NCHW: for a model's first and last layers.
     pub channels_last: bool,
+    /// The direct kernel instead of the implicit GEMM (see `shaders/conv.wgsl`): for the passes
+    /// that have one ([`ConvConfig::has_direct`]).
+    pub direct: bool,
 }
 
 impl ConvConfig {
@@ -256,7 +259,14 @@ impl ConvConfig {
             store_pre: false,
             grad_act: None,
             channels_last: false,
+            direct: false,
         }
+    }
+
+    /// Whether the pass has a direct kernel: the data-gradient gather (conv2d's data gradient,
+    /// the transposed forward) and the weight gradient.
+    pub fn has_direct(&self) -> bool {
+        self.mode() != 0
     }
 
     pub fn describe(&self) -> String {
@@ -291,6 +301,9 @@ impl ConvConfig {
         }
         if self.channels_last {
             s += ".nhwc";
+        }
+        if self.direct {
+            s += ".direct";
         }
         if self.accumulate {
             s += "+=";
@@ -410,6 +423,11 @@ impl Conv {
                 "an activation derivative is fused into the data gradient only",
             ));
         }
+        if cfg.direct && !cfg.has_direct() {
+            return Err(err(
+                "this pass has no direct kernel (the forward im2col GEMM only)",
+            ));
+        }
         if cfg.op == ConvOp::BackwardData && cfg.bias {
             return Err(err(
                 "the data gradient has no bias (the bias gradient comes with BackwardWeight)",
@@ -427,7 +445,12 @@ impl Conv {
             ("GRAD_ACT", cfg.grad_act.map_or(0, Activation::id) as f64),
             ("CHANNELS_LAST", cfg.channels_last as u8 as f64),
         ];
-        let gemm = gpu.kernel(&label, &src, "main", SLOTS, &constants)?;
+        let entry = match (cfg.direct, cfg.mode()) {
+            (false, _) => "main",
+            (true, 1) => "direct_gather",
+            (true, _) => "direct_reduce",
+        };
+        let gemm = gpu.kernel(&label, &src, entry, SLOTS, &constants)?;
         let sums = if cfg.bias && cfg.op == ConvOp::BackwardWeight {
             // The bias gradient sums dY, the image side of a transposed convolution.
             let dy_channels_last = cfg.channels_last && cfg.transposed;
@@ -582,8 +605,15 @@ impl Conv {
         };
         let tiles_n = n.div_ceil(TILE);
         let tiles = m.div_ceil(TILE) as u64 * tiles_n as u64;
-        if tiles > u32::MAX as u64 {
-            return Err(shape_err(format!("{tiles} workgroups overflow the grid")));
+        let groups = match (cfg.direct, cfg.mode()) {
+            (false, _) => tiles,
+            // One invocation per image element, 64 per workgroup.
+            (true, 1) => (g.batch as u64 * g.ci as u64 * g.h as u64 * g.w as u64).div_ceil(64),
+            // One workgroup per weight element.
+            (true, _) => m as u64 * n as u64,
+        };
+        if groups > u32::MAX as u64 {
+            return Err(shape_err(format!("{groups} workgroups overflow the grid")));
         }
         let params = gpu.uniform(
             label,
@@ -610,7 +640,7 @@ impl Conv {
                 bias_read,
                 aux.as_ref().map_or(Binding::Unused, Binding::Storage),
             ],
-            gpu.grid_1d(tiles as u32),
+            gpu.grid_1d(groups as u32),
         )?];
         if let (Some(sums), Some(db)) = (&self.sums, &bias) {
             // Channel sums of dy [N, c_out, H_out, W_out] (in the op's own terms).
@@ -641,6 +671,33 @@ impl Conv {
             )?);
         }
         Ok(ConvDispatch { dispatches })
+    }
+}
+
+impl Conv {
+    /// Seconds one pass of `shape` takes on zero-filled buffers (see [`Gpu::time_dispatches`]).
+    pub fn time(&self, gpu: &Gpu, shape: &ConvShape, give_up: Option<f64>) -> Result<f64> {
+        let t = self.cfg.transposed;
+        let (x, w, y) = (shape.input_len(), shape.weight_len(), shape.output_len(t));
+        let (n0, n1, n_out) = match self.cfg.op {
+            ConvOp::Forward => (x, w, y),
+            ConvOp::BackwardData => (y, w, x),
+            ConvOp::BackwardWeight => (x, y, w),
+        };
+        let zeros = |len: u64| gpu.zeros("conv.timing", len);
+        let (a, b, out) = (zeros(n0)?, zeros(n1)?, zeros(n_out)?);
+        let bias = if self.cfg.bias {
+            Some(zeros(shape.c_out as u64)?)
+        } else {
+            None
+        };
+        let aux = if self.cfg.has_aux() {
+            Some(zeros(n_out)?)
+        } else {
+            None
+        };
+        let d = self.bind_aux(gpu, shape, [&a, &b], &out, bias.as_ref(), aux.as_ref())?;
+        gpu.time_dispatches(&d.dispatches(), give_up)
     }
 }
 

@@ -37,7 +37,8 @@ impl<'g> Matmuls<'g> {
         }
     }
 
-    /// Binds one pass of a convolution (see [`Conv::bind_aux`]).
+    /// Binds one pass of a convolution (see [`Conv::bind_aux`]): the implicit GEMM or, where
+    /// the pass has one and it times faster for this shape on this adapter, the direct kernel.
     pub(crate) fn conv(
         &mut self,
         cfg: ConvConfig,
@@ -46,13 +47,34 @@ impl<'g> Matmuls<'g> {
         output: &View,
         (bias, aux): (Option<&View>, Option<&View>),
     ) -> Result<Vec<Dispatch>> {
-        let conv = match self.convs.entry(cfg) {
+        let gpu = self.gpu;
+        let cfg = if cfg.has_direct() {
+            let key = format!("{} {shape:?}", cfg.describe());
+            let chosen = gpu.tuned(&key, &["gemm", "direct"], |name, give_up| {
+                let c = ConvConfig {
+                    direct: name == "direct",
+                    ..cfg
+                };
+                self.compiled_conv(c)?.time(gpu, shape, give_up)
+            })?;
+            ConvConfig {
+                direct: chosen == "direct",
+                ..cfg
+            }
+        } else {
+            cfg
+        };
+        let conv = self.compiled_conv(cfg)?;
+        Ok(conv
+            .bind_aux(gpu, shape, inputs, output, bias, aux)?
+            .dispatches)
+    }
+
+    fn compiled_conv(&mut self, cfg: ConvConfig) -> Result<&Conv> {
+        Ok(match self.convs.entry(cfg) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(Conv::new(self.gpu, cfg)?),
-        };
-        Ok(conv
-            .bind_aux(self.gpu, shape, inputs, output, bias, aux)?
-            .dispatches)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
