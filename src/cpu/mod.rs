@@ -8,6 +8,7 @@ pub mod elbo;
 pub mod gauss_kl;
 pub mod hvae;
 pub mod iwae;
+pub mod ladder;
 pub mod matmul;
 pub mod philox;
 pub mod reduce;

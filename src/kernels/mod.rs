@@ -9,6 +9,7 @@ pub mod elbo;
 pub mod gauss_kl;
 pub mod hierarchy;
 pub mod iwae;
+pub mod ladder;
 pub mod matmul;
 pub mod reduce;
 pub mod sample;
@@ -30,6 +31,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/hierarchy.wgsl"),
     ),
     ("iwae.wgsl", include_str!("../../shaders/iwae.wgsl")),
+    ("ladder.wgsl", include_str!("../../shaders/ladder.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     (
         "matmul_common.wgsl",
@@ -118,6 +120,10 @@ pub const MODULES: &[ModuleSpec] = &[
     },
     ModuleSpec {
         family: "iwae.wgsl",
+        needs_subgroups: false,
+    },
+    ModuleSpec {
+        family: "ladder.wgsl",
         needs_subgroups: false,
     },
     ModuleSpec {
