@@ -24,6 +24,7 @@ fn settings() -> TrainSettings {
             likelihood: Likelihood::GaussianLearned { shared: true },
             upper: Vec::new(),
             conv: None,
+            ladder: false,
         },
         epochs: 4,
         batch: 9,

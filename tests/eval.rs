@@ -29,6 +29,7 @@ fn model() -> (VaeConfig, ParamLayout, Vec<f32>) {
         likelihood: Likelihood::Bernoulli,
         upper: Vec::new(),
         conv: None,
+        ladder: false,
     };
     let layout = ParamLayout::new(&cfg);
     // PyTorch's init, scaled up so the decoder depends strongly on z and q(z|x) is far from
@@ -335,6 +336,7 @@ fn hierarchical_log_likelihood_matches_cpu_reference() {
             },
         ],
         conv: None,
+        ladder: false,
     };
     let layout = ParamLayout::new(&cfg);
     let params: Vec<f32> = init_params(&cfg, &layout, 5)

@@ -140,6 +140,7 @@ fn gpu_step_matches_cpu_reference() {
                 likelihood,
                 upper: Vec::new(),
                 conv: None,
+                ladder: false,
             };
             let (batch, items) = (7u32, 13usize);
             let (pixels, data) = random_dataset(&gpu, items, cfg.input, 5);
@@ -243,6 +244,7 @@ fn k_sample_step_matches_cpu_reference() {
                 likelihood,
                 upper: Vec::new(),
                 conv: None,
+                ladder: false,
             };
             let (batch, items) = (7u32, 13usize);
             let (pixels, data) = random_dataset(&gpu, items, cfg.input, 6);
@@ -329,6 +331,7 @@ fn hierarchical_step_matches_cpu_reference() {
                 likelihood,
                 upper,
                 conv: None,
+                ladder: false,
             };
             let (batch, items) = (6u32, 11usize);
             let (pixels, data) = random_dataset(&gpu, items, cfg.input, 8);
@@ -432,6 +435,7 @@ fn convolutional_step_matches_cpu_reference() {
                 likelihood,
                 upper,
                 conv: Some(stack),
+                ladder: false,
             };
             cfg.check().unwrap();
             let (batch, items) = (5u32, 9usize);

@@ -133,6 +133,7 @@ fn a_training_graph_tunes_its_kernels() {
             likelihood: Likelihood::Bernoulli,
             upper: Vec::new(),
             conv: None,
+            ladder: false,
         };
         let data = DeviceData::bytes(
             upload_pixels(&gpu, "pixels", &[7u8; 300 * 40]).unwrap(),

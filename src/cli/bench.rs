@@ -72,6 +72,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             likelihood: Likelihood::Bernoulli,
             upper: Vec::new(),
             conv: None,
+            ladder: false,
         },
         epochs: 1,
         batch: args.batch,

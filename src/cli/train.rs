@@ -30,8 +30,9 @@ pub enum LikelihoodArg {
 }
 
 /// Flags that define a run; `--resume` takes them from the checkpoint instead.
-const RUN_DEFINING: [&str; 24] = [
+const RUN_DEFINING: [&str; 25] = [
     "data",
+    "ladder",
     "conv",
     "conv_kernel",
     "conv_stride",
@@ -122,6 +123,11 @@ pub struct TrainArgs {
     /// deterministic widths and latent units, `100,100:50`; repeat for more layers.
     #[arg(long, value_name = "HIDDEN:LATENT")]
     pub stage: Vec<Stage>,
+    /// Top-down (ladder) inference for a hierarchy (needs --stage): each layer's posterior
+    /// combines the data's bottom-up Gaussian with the prior from the layer above by precision
+    /// weighting (Sønderby et al., 2016).
+    #[arg(long)]
+    pub ladder: bool,
     /// Convolutions before the encoder's dense layers (mirrored by transposed convolutions
     /// after the decoder's): each layer's output channels, `32,64`. The pictures' height, width
     /// and channels come from the data.
@@ -196,7 +202,7 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// Rejects impossible settings up front, naming the allowed range.
     fn validate(&self) -> anyhow::Result<()> {
-        let checks: [(bool, &str); 16] = [
+        let checks: [(bool, &str); 17] = [
             (self.batch >= 1, "--batch must be at least 1"),
             (
                 self.schedule_scale > 0.0 && self.schedule_scale.is_finite(),
@@ -240,6 +246,10 @@ impl TrainArgs {
                 "--conv-kernel must be odd (1, 3, 5, ...)",
             ),
             (self.conv_stride >= 1, "--conv-stride must be at least 1"),
+            (
+                !self.ladder || !self.stage.is_empty() || self.preset == Some(Preset::Iwae2Layer),
+                "--ladder needs a hierarchy: add --stage HIDDEN:LATENT (or --preset iwae-2layer)",
+            ),
         ];
         for (ok, msg) in checks {
             if !ok {
@@ -273,6 +283,7 @@ impl TrainArgs {
                     kernel: self.conv_kernel,
                     stride: self.conv_stride,
                 }),
+                ladder: self.ladder,
             },
             epochs: self.epochs.unwrap_or(10),
             batch: self.batch,
@@ -322,6 +333,7 @@ impl Preset {
                         kernel: 3,
                         stride: 2,
                     }),
+                    ladder: false,
                     ..s.model
                 },
                 epochs: epochs.unwrap_or(30),

@@ -125,6 +125,40 @@ pub fn posterior_grads(eps: &[f64], q_logvar: &[f64], dz: &[f64], g: &[f64]) -> 
         .collect()
 }
 
+/// The objective over each example's K sample rows (row s·B + b) from their log-weights and
+/// reconstruction terms: (loss sum, mean reconstruction sum, each row's normalized weight).
+/// IWAE: −log mean_k w_k with the softmax weights; ELBO: −mean_k log w_k with weights 1/K.
+pub(crate) fn weigh_samples(
+    objective: Objective,
+    batch: usize,
+    log_w: &[f64],
+    rec_rows: &[f64],
+) -> (f64, f64, Vec<f64>) {
+    let rows = log_w.len();
+    let k = rows / batch;
+    let mut weights = vec![0.0; rows];
+    let (mut total, mut rec) = (0.0, 0.0);
+    for b in 0..batch {
+        let mine: Vec<usize> = (0..k).map(|s| s * batch + b).collect();
+        rec += mine.iter().map(|&r| rec_rows[r]).sum::<f64>() / k as f64;
+        match objective {
+            Objective::Iwae => {
+                let lw: Vec<f64> = mine.iter().map(|&r| log_w[r]).collect();
+                let bound = iwae::log_mean_exp(&lw);
+                total -= bound;
+                for &r in &mine {
+                    weights[r] = (log_w[r] - bound).exp() / k as f64;
+                }
+            }
+            Objective::Elbo => {
+                total -= mine.iter().map(|&r| log_w[r]).sum::<f64>() / k as f64;
+                mine.iter().for_each(|&r| weights[r] = 1.0 / k as f64);
+            }
+        }
+    }
+    (total, rec, weights)
+}
+
 /// Loss and gradient of `objective` for a hierarchical model on one batch `x` [B, D], with the
 /// noise of every stochastic layer in `eps`: [K·B, L_1], then [K·B, L_2], … (row s·B + b).
 pub fn step(
@@ -140,7 +174,6 @@ pub fn step(
     let latents = cfg.latents();
     let batch = x.len() / cfg.input;
     let rows = eps.len() / latents.iter().sum::<usize>();
-    let k = rows / batch;
     let mut eps_at = Vec::new();
     let mut start = 0;
     for &l in &latents {
@@ -216,26 +249,7 @@ pub fn step(
         lat.iter_mut().zip(terms).for_each(|(a, t)| *a += t);
     }
     let log_w: Vec<f64> = (0..rows).map(|r| beta * lat[r] - loss.rec[r]).collect();
-    let mut weights = vec![0.0; rows];
-    let (mut total, mut rec) = (0.0, 0.0);
-    for b in 0..batch {
-        let mine: Vec<usize> = (0..k).map(|s| s * batch + b).collect();
-        rec += mine.iter().map(|&r| loss.rec[r]).sum::<f64>() / k as f64;
-        match objective {
-            Objective::Iwae => {
-                let lw: Vec<f64> = mine.iter().map(|&r| log_w[r]).collect();
-                let bound = iwae::log_mean_exp(&lw);
-                total -= bound;
-                for &r in &mine {
-                    weights[r] = (log_w[r] - bound).exp() / k as f64;
-                }
-            }
-            Objective::Elbo => {
-                total -= mine.iter().map(|&r| log_w[r]).sum::<f64>() / k as f64;
-                mine.iter().for_each(|&r| weights[r] = 1.0 / k as f64);
-            }
-        }
-    }
+    let (total, rec, weights) = weigh_samples(objective, batch, &log_w, &loss.rec);
 
     // Backward. Row weights g_r scale every term of row r.
     let mut grads = vec![0.0; layout.len];

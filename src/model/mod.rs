@@ -26,6 +26,11 @@ pub struct VaeConfig {
     /// Convolutions in front of the encoder's dense layers, mirrored behind the decoder's.
     #[serde(default)]
     pub conv: Option<ConvStack>,
+    /// Top-down (ladder) inference for a hierarchy: each upper stage's inference MLP runs on
+    /// the bottom-up mean of the layer below instead of its draw, and every layer's posterior
+    /// but the top's combines that with the prior from above ([`crate::cpu::ladder`]).
+    #[serde(default)]
+    pub ladder: bool,
 }
 
 /// A convolutional encoder (and its mirror, of transposed convolutions, in the decoder): each
@@ -374,6 +379,11 @@ impl VaeConfig {
     /// Whether the layers can be built: the convolutions fit their pictures, whose pixels are
     /// the input, and a transposed convolution can give back each side the encoder reduced.
     pub fn check(&self) -> Result<(), String> {
+        if self.ladder && self.upper.is_empty() {
+            return Err(
+                "ladder inference needs a hierarchy (a stage above the first layer)".into(),
+            );
+        }
         let Some(stack) = &self.conv else {
             return Ok(());
         };
@@ -438,6 +448,7 @@ impl VaeConfig {
             let rest = VaeConfig {
                 input: flat,
                 conv: None,
+                ladder: false,
                 ..self.clone()
             };
             return format!("{}-{}", stack.describe(), rest.dims());

@@ -120,6 +120,7 @@ pub fn mlp_checkpoint(
             likelihood: Likelihood::Bernoulli,
             upper: Vec::new(),
             conv: None,
+            ladder: false,
         },
         epochs: 10,
         batch: 128,
