@@ -311,9 +311,16 @@ fn vae_eval_reports_the_elbo_of_an_iwae_run() {
 
 /// A hierarchy's importance-sampled log-likelihood on the device against `cpu::hvae::step`'s
 /// IWAE bound with the same noise (regenerated on the CPU from the evaluation's streams: z_1's
-/// from stream 0, stage j's from stream j + 1, step = batch stream · 2¹⁶ + chunk).
+/// from stream 0, stage j's from stream j + 1, step = batch stream · 2¹⁶ + chunk); the same
+/// model with top-down inference against `cpu::ladder::step`.
 #[test]
 fn hierarchical_log_likelihood_matches_cpu_reference() {
+    for ladder in [false, true] {
+        hierarchical_log_likelihood(ladder);
+    }
+}
+
+fn hierarchical_log_likelihood(ladder: bool) {
     use vae_wgpu::cpu::hvae;
     use vae_wgpu::cpu::philox::StreamPos;
     use vae_wgpu::cpu::sample::normals;
@@ -336,7 +343,7 @@ fn hierarchical_log_likelihood_matches_cpu_reference() {
             },
         ],
         conv: None,
-        ladder: false,
+        ladder,
     };
     let layout = ParamLayout::new(&cfg);
     let params: Vec<f32> = init_params(&cfg, &layout, 5)
@@ -358,7 +365,12 @@ fn hierarchical_log_likelihood_matches_cpu_reference() {
         };
         eps.extend(normals(&pos, k * batch * units));
     }
-    let want = -hvae::step(&cfg, &layout, &p64, &x, &eps, Objective::Iwae, 1.0).total;
+    let step = if ladder {
+        vae_wgpu::cpu::ladder::step
+    } else {
+        hvae::step
+    };
+    let want = -step(&cfg, &layout, &p64, &x, &eps, Objective::Iwae, 1.0).total;
     for gpu in all_gpus() {
         let data = DeviceData::bytes(
             upload_pixels(&gpu, "pixels", &pixels).unwrap(),
@@ -385,7 +397,7 @@ fn hierarchical_log_likelihood_matches_cpu_reference() {
         // Log-weights of ~10 nats per row from f32 chains of a few dozen terms: 1e-5 relative.
         assert!(
             (got - want).abs() <= 1e-5 * want.abs().max(1.0),
-            "{}: Σ log p(x) {got} vs reference {want}",
+            "{} (ladder: {ladder}): Σ log p(x) {got} vs reference {want}",
             gpu.describe()
         );
         assert_eq!(r.layers.len(), 3);

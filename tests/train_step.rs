@@ -482,3 +482,107 @@ fn convolutional_step_matches_cpu_reference() {
         }
     }
 }
+
+/// Ladder VAEs (top-down inference) on the device against `cpu::ladder::step`: 2 and 3
+/// stochastic layers, both objectives, K samples, β ≠ 1, the likelihood families, and a
+/// convolutional trunk; then three Adam steps give the reference's parameters.
+#[test]
+fn ladder_step_matches_cpu_reference() {
+    use vae_wgpu::cpu::ladder;
+    use vae_wgpu::model::{ConvStack, Stage};
+    let two = vec![Stage {
+        hidden: vec![6],
+        latent: 3,
+    }];
+    let three = vec![
+        Stage {
+            hidden: vec![7, 5],
+            latent: 4,
+        },
+        Stage {
+            hidden: vec![],
+            latent: 2,
+        },
+    ];
+    let conv = ConvStack {
+        image: [6, 6, 1],
+        channels: vec![3],
+        kernel: 3,
+        stride: 2,
+    };
+    let cases = [
+        (two.clone(), Likelihood::Bernoulli, Objective::Iwae, 5, None),
+        (
+            two,
+            Likelihood::Gaussian { sigma: 0.5 },
+            Objective::Elbo,
+            1,
+            Some(conv),
+        ),
+        (
+            three.clone(),
+            Likelihood::Bernoulli,
+            Objective::Elbo,
+            3,
+            None,
+        ),
+        (
+            three,
+            Likelihood::GaussianLearned { shared: true },
+            Objective::Iwae,
+            2,
+            None,
+        ),
+    ];
+    for gpu in all_gpus() {
+        for (upper, likelihood, objective, k, conv) in cases.clone() {
+            let cfg = VaeConfig {
+                input: 36,
+                hidden: vec![11],
+                latent: 5,
+                act: Activation::Tanh,
+                likelihood,
+                upper,
+                conv,
+                ladder: true,
+            };
+            cfg.check().unwrap();
+            let (batch, items) = (6u32, 11usize);
+            let (pixels, data) = random_dataset(&gpu, items, cfg.input, 8);
+            let adam = AdamConfig::default();
+            let opts = GraphOptions {
+                batch,
+                adam,
+                seed: 3,
+                binarize_seed: None,
+                objective,
+                samples: k,
+            };
+            let g = TrainGraph::new(&gpu, &cfg, &opts, &data, None).unwrap();
+            assert_eq!(g.upper_eps.len(), cfg.upper.len());
+            let init = init_params(&cfg, &g.layout, 4);
+            gpu.write(&g.params, &init);
+            let perm: Vec<u32> = (0..items as u32).map(|i| (i * 5) % items as u32).collect();
+            g.set_permutation(&gpu, &perm);
+            let mut p_ref = to_f64(&init);
+            let mut state = cpu_adam::AdamState::new(p_ref.len());
+            let beta = 0.7;
+            for step in 0..3u64 {
+                let first = step as usize * 2;
+                let out = gradient_step(&gpu, &g, first, step, beta);
+                let x = cpu_batch::gather(&pixels, cfg.input, &perm, first, batch as usize);
+                let r = ladder::step(&cfg, &g.layout, &p_ref, &x, &out.eps, objective, beta);
+                let name = format!(
+                    "ladder {} {likelihood:?} {objective:?} K={k} step {step} on {}",
+                    cfg.dims(),
+                    gpu.describe()
+                );
+                out.assert_matches(&name, &g.layout, &r);
+                gpu.run(&g.optimizer_dispatches()).unwrap();
+                cpu_adam::step(&adam, &mut state, &mut p_ref, &r.grads);
+                let got: Vec<f32> = gpu.read(&g.params).unwrap();
+                compare(&format!("{name} params"), &g.layout, &got, &p_ref);
+            }
+        }
+    }
+}

@@ -101,7 +101,6 @@ impl IwaeGraph {
         )?;
         let sampler = Sampler::new(gpu, opts.seed)?;
         let mut mm = Matmuls::new(gpu);
-        let x = x_rep.slice(0, (b * d) as u64);
         let mut net = Net {
             gpu,
             mm: &mut mm,
@@ -109,7 +108,7 @@ impl IwaeGraph {
             layout: &layout,
             params,
         };
-        let fwd = Forward::build(&mut net, &x, b, opts.chunk, &sampler)?;
+        let fwd = Forward::build(&mut net, &x_rep, b, opts.chunk, &sampler)?;
         // The ELBO rows give each draw's −log p(x|z). Its KL terms and gradients are not used
         // here: z and ε stand in for the per-row μ and logσ² it expects.
         let learned = cfg.likelihood.learns_variance();
@@ -165,8 +164,9 @@ impl IwaeGraph {
             &IwaeBuffers {
                 rec: &stats.slice(0, rows as u64),
                 z: fwd.upper_terms.as_ref().unwrap_or(&fwd.z),
-                eps: &fwd.eps,
-                logvar: &fwd.logvar,
+                // A ladder's latent terms are all in `upper_terms` (see `LadderForward`).
+                eps: fwd.ladder.as_ref().map_or(&fwd.eps, |lf| &lf.zeros),
+                logvar: fwd.ladder.as_ref().map_or(&fwd.logvar, |lf| &lf.zeros),
                 log_w: &log_w,
                 state: &state,
             },
@@ -177,7 +177,7 @@ impl IwaeGraph {
                 .stages
                 .get(j)
                 .map(|st| (st.p.mu.clone(), st.p.logvar.clone()));
-            layers.push(match j.checked_sub(1).map(|i| &fwd.stages[i]) {
+            let mut views = match j.checked_sub(1).map(|i| &fwd.stages[i]) {
                 None => LayerViews {
                     eps: fwd.eps.clone(),
                     logvar: fwd.logvar.clone(),
@@ -192,7 +192,13 @@ impl IwaeGraph {
                     q_mu: st.q.mu.clone(),
                     prior,
                 },
-            });
+            };
+            // A ladder samples each layer from its combined posterior.
+            if let Some(lf) = &fwd.ladder {
+                views.logvar = lf.q_logvar[j].clone();
+                views.q_mu = lf.q_mu[j].clone();
+            }
+            layers.push(views);
         }
         if fwd.stages.is_empty() {
             layers.clear();

@@ -216,7 +216,8 @@ impl Checkpoint {
 /// `784-400-20 relu bernoulli`, for messages.
 pub fn describe(s: &TrainSettings) -> String {
     let m = &s.model;
-    format!("{} {:?} {:?}", m.dims(), m.act, m.likelihood)
+    let ladder = if m.ladder { " ladder" } else { "" };
+    format!("{}{ladder} {:?} {:?}", m.dims(), m.act, m.likelihood)
 }
 
 /// Replaces `path` by `bytes` so that a crash at any point leaves the old file or the new one.

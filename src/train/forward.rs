@@ -9,6 +9,7 @@ use crate::gpu::{Dispatch, Gpu, Result, View};
 use crate::kernels::Activation;
 use crate::kernels::conv::{Conv, ConvConfig, ConvOp, ConvShape};
 use crate::kernels::hierarchy::{HierarchyKernels, StageShape, StageValues};
+use crate::kernels::ladder::{LadderInputs, LadderKernels};
 use crate::kernels::matmul::{Layout, Matmul, MatmulConfig, MatmulVariant};
 use crate::kernels::sample::{SampleShape, Sampler};
 use crate::model::{ConvLayer, Dense, ParamLayout, VaeConfig};
@@ -217,7 +218,23 @@ pub struct Forward {
     /// and the sum of their latent terms per row (`shaders/hierarchy.wgsl`).
     pub stages: Vec<StageForward>,
     pub upper_terms: Option<View>,
+    /// With top-down inference: each layer's sampled posterior (see [`LadderForward`]).
+    pub ladder: Option<LadderForward>,
     pub dispatches: Vec<Dispatch>,
+}
+
+/// A ladder VAE's forward beyond the hierarchy's (`VaeConfig::ladder`). Then the encoder runs on
+/// every sample row, `Forward::{mu, logvar}` hold the bottom-up (μ̂_1, logσ̂²_1), and each
+/// stage's `q` is the bottom-up Gaussian of its layer (its inference MLP applied to the mean
+/// below), its `p` the prior of the layer below from the draw above.
+pub struct LadderForward {
+    /// Per layer, bottom-up: the posterior that was sampled, [rows, L_l]: the combination of
+    /// the bottom-up Gaussian with the prior from above, and the top layer's bottom-up Gaussian.
+    pub q_mu: Vec<View>,
+    pub q_logvar: Vec<View>,
+    /// Zeros, [rows, L_1]: what the importance-weight kernels read as z_1's ε and logσ², since
+    /// the ladder's latent terms (z_1's posterior term included) are all in `upper_terms`.
+    pub zeros: View,
 }
 
 /// A model on the device: its configuration, its parameters and the compiled matmuls that
@@ -510,19 +527,24 @@ impl Net<'_, '_> {
 }
 
 impl Forward {
-    /// Records the forward pass of `net` on `x` ([rows, D]), `samples` draws per row from
-    /// `sampler`'s stream 0.
+    /// Records the forward pass of `net` on the batch repeated once per sample, `x_rows`
+    /// ([samples·rows, D]; the encoder reads the first copy unless the model is a ladder),
+    /// `samples` draws per row from `sampler`'s stream 0 (layer l's from stream l − 1).
     pub(crate) fn build(
         net: &mut Net,
-        x: &View,
+        x_rows: &View,
         rows: usize,
         samples: u32,
         sampler: &Sampler,
     ) -> Result<Self> {
+        if net.cfg.ladder {
+            return Self::build_ladder(net, x_rows, rows * samples as usize, sampler);
+        }
         let gpu = net.gpu;
         let l = net.cfg.latent;
         let drawn = rows * samples as usize;
-        let e = net.encode(x, rows)?;
+        let x = x_rows.slice(0, (rows * net.cfg.input) as u64);
+        let e = net.encode(&x, rows)?;
         let mut dispatches = e.dispatches;
         let z = gpu.zeros("z", (drawn * l) as u64)?;
         let eps = gpu.zeros("eps", (drawn * l) as u64)?;
@@ -548,7 +570,156 @@ impl Forward {
             out: d.out,
             stages,
             upper_terms,
+            ladder: None,
             dispatches,
+        })
+    }
+
+    /// The ladder's forward on `rows` sample rows `x_rows`: bottom-up, then top-down (see
+    /// `cpu::ladder::step`, which this follows step for step).
+    fn build_ladder(net: &mut Net, x_rows: &View, rows: usize, sampler: &Sampler) -> Result<Self> {
+        let gpu = net.gpu;
+        let layers = net.cfg.layers();
+        let n = layers.upper.len() + 1;
+        let e = net.encode(x_rows, rows)?;
+        let mut ops = e.dispatches;
+        // Bottom-up Gaussians of every layer.
+        let mut ups = Vec::new();
+        for st in &layers.upper {
+            let below = ups.last().map_or(&e.mu, |q: &Gaussian| &q.mu).clone();
+            ups.push(net.gaussian(
+                &st.q_hidden,
+                (&st.q_mu, &st.q_logvar),
+                &below,
+                rows,
+                &mut ops,
+            )?);
+        }
+        let hat = |i: usize| -> (View, View) {
+            match i.checked_sub(1) {
+                None => (e.mu.clone(), e.logvar.clone()),
+                Some(j) => (ups[j].mu.clone(), ups[j].logvar.clone()),
+            }
+        };
+        // Top-down: the prior from above, the combination, the draw.
+        let kernels = LadderKernels::new(gpu)?;
+        let mut q_mu = vec![None; n];
+        let mut q_logvar = vec![None; n];
+        let mut z: Vec<Option<View>> = vec![None; n];
+        let mut eps: Vec<Option<View>> = vec![None; n];
+        let mut priors: Vec<Option<Gaussian>> = (0..n - 1).map(|_| None).collect();
+        for i in (0..n).rev() {
+            let (mu_hat, lv_hat) = hat(i);
+            let width = mu_hat.len / rows as u64;
+            let (mu, lv) = if i + 1 == n {
+                (mu_hat, lv_hat)
+            } else {
+                let st = &layers.upper[i];
+                let above = z[i + 1].clone().expect("drawn top-down");
+                let p = net.gaussian(
+                    &st.p_hidden,
+                    (&st.p_mu, &st.p_logvar),
+                    &above,
+                    rows,
+                    &mut ops,
+                )?;
+                let (mu, lv) = (
+                    gpu.zeros("ladder.q_mu", mu_hat.len)?,
+                    gpu.zeros("ladder.q_logvar", mu_hat.len)?,
+                );
+                let inputs = LadderInputs {
+                    mu_hat: &mu_hat,
+                    lv_hat: &lv_hat,
+                    mu_p: &p.mu,
+                    lv_p: &p.logvar,
+                };
+                ops.push(kernels.combine(gpu, mu_hat.len, &inputs, &mu, &lv)?);
+                priors[i] = Some(p);
+                (mu, lv)
+            };
+            let (zi, ei) = (
+                gpu.zeros(&format!("z{}", i + 1), mu.len)?,
+                gpu.zeros(&format!("eps{}", i + 1), mu.len)?,
+            );
+            let shape = SampleShape {
+                rows: rows as u32,
+                cols: width as u32,
+                samples: 1,
+            };
+            ops.push(sampler.forward(gpu, shape, i as u32, &mu, &lv, &zi, &ei)?);
+            (q_mu[i], q_logvar[i], z[i], eps[i]) = (Some(mu), Some(lv), Some(zi), Some(ei));
+        }
+        let unwrap = |v: Vec<Option<View>>| -> Vec<View> {
+            v.into_iter().map(|x| x.expect("every layer")).collect()
+        };
+        let (q_mu, q_logvar, z, eps) = (unwrap(q_mu), unwrap(q_logvar), unwrap(z), unwrap(eps));
+        let stages: Vec<StageForward> = ups
+            .into_iter()
+            .zip(priors)
+            .enumerate()
+            .map(|(j, (q, p))| StageForward {
+                q,
+                eps: eps[j + 1].clone(),
+                z: z[j + 1].clone(),
+                p: p.expect("a prior below every stage"),
+            })
+            .collect();
+        // Latent terms: z_1's posterior term (a stage with nothing below), then every stage's
+        // with the sampled (combined) posterior.
+        let hier = HierarchyKernels::new(gpu)?;
+        let terms = gpu.zeros("upper_terms", rows as u64)?;
+        let nothing = gpu.zeros("ladder.nothing", 1)?;
+        let l1 = (z[0].len / rows as u64) as u32;
+        let first = StageValues {
+            eps: &eps[0],
+            q_logvar: &q_logvar[0],
+            z: &z[0],
+            z_below: &nothing,
+            p_mu: &nothing,
+            p_logvar: &nothing,
+        };
+        let shape = StageShape {
+            rows: rows as u32,
+            latent: l1,
+            below: 0,
+            top: false,
+        };
+        ops.push(hier.terms(gpu, shape, &first, &terms, false)?);
+        for (j, st) in stages.iter().enumerate() {
+            let shape = StageShape {
+                rows: rows as u32,
+                latent: (st.z.len / rows as u64) as u32,
+                below: (z[j].len / rows as u64) as u32,
+                top: j + 1 == stages.len(),
+            };
+            let values = StageValues {
+                q_logvar: &q_logvar[j + 1],
+                ..st.values(&z[j])
+            };
+            ops.push(hier.terms(gpu, shape, &values, &terms, true)?);
+        }
+        let d = net.decode(&z[0], rows)?;
+        ops.extend(d.dispatches);
+        let zeros = gpu.zeros("ladder.zeros", z[0].len)?;
+        Ok(Self {
+            enc_conv: e.conv,
+            enc: e.enc,
+            mu: e.mu,
+            logvar: e.logvar,
+            z: z[0].clone(),
+            eps: eps[0].clone(),
+            dec: d.dec,
+            dec_head: d.head,
+            dec_conv: d.conv,
+            out: d.out,
+            stages,
+            upper_terms: Some(terms),
+            ladder: Some(LadderForward {
+                q_mu,
+                q_logvar,
+                zeros,
+            }),
+            dispatches: ops,
         })
     }
 }

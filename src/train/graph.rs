@@ -11,16 +11,19 @@ use crate::kernels::conv::{ConvConfig, ConvOp};
 use crate::kernels::elbo::{
     Elbo, ElboDispatches, ElboInputs, ElboOutputs, ElboShape, RUNNING_LEN, Running,
 };
-use crate::kernels::hierarchy::{HierarchyKernels, StageGradDispatches, StageGrads, StageShape};
+use crate::kernels::hierarchy::{
+    HierarchyKernels, StageGradDispatches, StageGrads, StageShape, StageValues,
+};
 use crate::kernels::iwae::{
     KSampleBuffers, KSampleDispatches, KSampleKernels, KSampleShape, Objective,
 };
+use crate::kernels::ladder::{LadderGrads, LadderInputs, LadderKernels};
 use crate::kernels::matmul::{Layout, MatmulConfig};
 use crate::kernels::reduce::{ReduceKernels, SumOf};
 use crate::kernels::sample::{SampleShape, Sampler};
 use crate::model::{ConvLayer, DEC_LOGVAR, Dense, Layers, ParamLayout, VaeConfig};
 
-use super::forward::{Forward, LayerBuffers, Matmuls, Net, StageForward, tensor};
+use super::forward::{Forward, LadderForward, LayerBuffers, Matmuls, Net, StageForward, tensor};
 
 /// What a graph is built for: the batch size, the optimizer, the seed of its random streams,
 /// whether the gather binarizes (with its own seed), and the objective with its sample count.
@@ -429,6 +432,168 @@ fn conv_dpre_scratch(gpu: &Gpu, layers: &[ConvLayer], rows: usize) -> Result<Vec
         .collect()
 }
 
+/// z_1's side of a ladder's backward: its bottom-up Gaussian, draw, noise and complete
+/// gradient, and where the bottom-up Gaussian's gradients go (the encoder heads').
+struct FirstLayer<'v> {
+    mu_hat: &'v View,
+    lv_hat: &'v View,
+    z: &'v View,
+    eps: &'v View,
+    dz: &'v View,
+    d_hat: (&'v View, &'v View),
+}
+
+/// Records a ladder's backward after the decoder's (which wrote z_1's gradient): up the layers,
+/// each z_l's gradient complete once the layers below have run (the prior's explicit terms,
+/// the posterior's log-variance, the combination, the generative MLP into the layer above),
+/// then down the bottom-up path into the encoder heads' gradients. Returns the stage kernels'
+/// dispatches (β lives in their uniforms). As `cpu::ladder::step`.
+fn ladder_backward(
+    back: &mut Backward,
+    gpu: &Gpu,
+    layers: &Layers,
+    upper: &UpperBackward,
+    lf: &LadderForward,
+    first: &FirstLayer,
+    rows: usize,
+) -> Result<Vec<StageGradDispatches>> {
+    let n = layers.upper.len() + 1;
+    let stages = &upper.stages;
+    let z_of = |i: usize| if i == 0 { first.z } else { &stages[i - 1].z };
+    let dz_of = |i: usize| if i == 0 { first.dz } else { &upper.dz[i - 1] };
+    let hat_of = |i: usize| match i {
+        0 => (first.mu_hat, first.lv_hat),
+        _ => (&stages[i - 1].q.mu, &stages[i - 1].q.logvar),
+    };
+    let width = |i: usize| (z_of(i).len / rows as u64) as u32;
+    let dlv_q1 = gpu.zeros("ladder.dlv_q1", z_of(0).len)?;
+    let dlv_q_of = |i: usize| {
+        if i == 0 {
+            &dlv_q1
+        } else {
+            &upper.grads[i - 1].dq_logvar
+        }
+    };
+    // The bottom-up Gaussians' gradients: the encoder heads' for z_1, the top's own posterior
+    // gradients for z_L, scratch between.
+    let mut d_hat: Vec<(View, View)> = vec![(first.d_hat.0.clone(), first.d_hat.1.clone())];
+    for i in 1..n {
+        d_hat.push(if i + 1 == n {
+            (dz_of(i).clone(), dlv_q_of(i).clone())
+        } else {
+            let len = z_of(i).len;
+            (
+                gpu.zeros("ladder.d_mu_hat", len)?,
+                gpu.zeros("ladder.d_lv_hat", len)?,
+            )
+        });
+    }
+    // z_1's posterior term is a stage with nothing below (as in the forward's terms).
+    let nothing = gpu.zeros("ladder.nothing", 1)?;
+    let first_shape = StageShape {
+        rows: rows as u32,
+        latent: width(0),
+        below: 0,
+        top: false,
+    };
+    let first_values = StageValues {
+        eps: first.eps,
+        q_logvar: &lf.q_logvar[0],
+        z: first.z,
+        z_below: &nothing,
+        p_mu: &nothing,
+        p_logvar: &nothing,
+    };
+    let first_grads = StageGrads {
+        weights: upper.weights,
+        dz_below: &nothing,
+        dz: first.dz,
+        dp_mu: &nothing,
+        dp_logvar: &nothing,
+        dq_logvar: &dlv_q1,
+    };
+    let mut kernels =
+        vec![
+            upper
+                .kernels
+                .grads(gpu, first_shape, 1.0, &first_values, &first_grads, true)?,
+        ];
+    for j in 0..n - 1 {
+        let bufs = &upper.grads[j];
+        let shape = StageShape {
+            rows: rows as u32,
+            latent: width(j + 1),
+            below: width(j),
+            top: j + 2 == n,
+        };
+        let values = StageValues {
+            q_logvar: &lf.q_logvar[j + 1],
+            ..stages[j].values(z_of(j))
+        };
+        let grads = StageGrads {
+            weights: upper.weights,
+            dz_below: dz_of(j),
+            dz: dz_of(j + 1),
+            dp_mu: &bufs.dp_mu,
+            dp_logvar: &bufs.dp_logvar,
+            dq_logvar: &bufs.dq_logvar,
+        };
+        kernels.push(
+            upper
+                .kernels
+                .grads(gpu, shape, 1.0, &values, &grads, true)?,
+        );
+    }
+    let combine = LadderKernels::new(gpu)?;
+    for i in 0..n {
+        if i + 1 < n {
+            back.ops.push(kernels[i + 1].prior.clone());
+        }
+        back.ops.push(kernels[i].posterior.clone());
+        if i + 1 == n {
+            break;
+        }
+        let (st, bufs, f) = (&layers.upper[i], &upper.grads[i], &stages[i]);
+        let (mu_hat, lv_hat) = hat_of(i);
+        let inputs = LadderInputs {
+            mu_hat,
+            lv_hat,
+            mu_p: &f.p.mu,
+            lv_p: &f.p.logvar,
+        };
+        let grads = LadderGrads {
+            d_mu_q: dz_of(i),
+            d_lv_q: dlv_q_of(i),
+            d_mu_hat: &d_hat[i].0,
+            d_lv_hat: &d_hat[i].1,
+            d_mu_p: &bufs.dp_mu,
+            d_lv_p: &bufs.dp_logvar,
+        };
+        back.ops
+            .extend(combine.grads(gpu, mu_hat.len, &inputs, &grads)?);
+        back.stack(
+            &st.p_hidden,
+            &f.p.hidden,
+            &bufs.p_dpre,
+            &[(&st.p_mu, &bufs.dp_mu), (&st.p_logvar, &bufs.dp_logvar)],
+            (z_of(i + 1), rows),
+            Some(InputGrad::new(dz_of(i + 1), i + 2 == n)),
+        )?;
+    }
+    for j in (0..n - 1).rev() {
+        let (st, bufs, f) = (&layers.upper[j], &upper.grads[j], &stages[j]);
+        back.stack(
+            &st.q_hidden,
+            &f.q.hidden,
+            &bufs.q_dpre,
+            &[(&st.q_mu, &d_hat[j + 1].0), (&st.q_logvar, &d_hat[j + 1].1)],
+            (hat_of(j).0, rows),
+            Some(InputGrad::new(&d_hat[j].0, true)),
+        )?;
+    }
+    Ok(kernels)
+}
+
 impl TrainGraph {
     /// Builds the step for `batch` rows drawn from `data`, on `shared` state (see
     /// [`SharedState`]) or on state of its own.
@@ -482,14 +647,16 @@ impl TrainGraph {
         let grads = flat("grads")?;
         let view = |v: &View, name: &str| tensor(v, &layout, name);
         let scratch = |name: &str, len: usize| gpu.zeros(name, len as u64);
-        let enc_dpre = dpre_scratch(gpu, &layers.encoder, b)?;
+        // The ladder's inference runs on every sample row; otherwise on the batch once.
+        let enc_rows = if cfg.ladder { rows } else { b };
+        let enc_dpre = dpre_scratch(gpu, &layers.encoder, enc_rows)?;
         let dec_dpre = dpre_scratch(gpu, &layers.decoder, rows)?;
         // The batch, repeated once per sample: the encoder reads the first copy, the loss all.
         let x_rep = scratch("x", rows * d)?;
-        let x = x_rep.slice(0, (b * d) as u64);
+        let x = x_rep.slice(0, (enc_rows * d) as u64);
         let (dmu, dlogvar, dz) = (
-            scratch("dmu", b * l)?,
-            scratch("dlogvar", b * l)?,
+            scratch("dmu", enc_rows * l)?,
+            scratch("dlogvar", enc_rows * l)?,
             scratch("dz", rows * l)?,
         );
         let (d_dec, d_dec_logvar) = (
@@ -511,7 +678,7 @@ impl TrainGraph {
             layout: &layout,
             params: &params,
         };
-        let fwd = Forward::build(&mut net, &x, b, samples, &sampler)?;
+        let fwd = Forward::build(&mut net, &x_rep, b, samples, &sampler)?;
         let Forward {
             enc_conv,
             enc,
@@ -525,6 +692,7 @@ impl TrainGraph {
             out: logits,
             stages,
             upper_terms,
+            ladder,
             dispatches: mut ops,
         } = fwd;
         let shape = SampleShape {
@@ -579,6 +747,15 @@ impl TrainGraph {
         let weights = scratch("k_samples.weights", rows)?;
         if k_path {
             let k_stats = scratch("k_samples.stats", 3 * b)?;
+            // The ladder's latent terms are all in `upper_terms`: zeros stand in for z_1's ε and
+            // posterior, and the posterior gradients `train_terms` writes go unused.
+            let (q1_eps, q1_mu, q1_logvar, q1_dmu, q1_dlogvar) = match &ladder {
+                Some(lf) => {
+                    let ignored = scratch("ignored", b * l)?;
+                    (&lf.zeros, &lf.zeros, &lf.zeros, ignored.clone(), ignored)
+                }
+                None => (&eps, &mu, &logvar, dmu.clone(), dlogvar.clone()),
+            };
             let k = KSampleKernels::new(gpu, objective, learned, hier)?.bind(
                 gpu,
                 KSampleShape {
@@ -591,13 +768,13 @@ impl TrainGraph {
                 &KSampleBuffers {
                     rec: &stats,
                     z: upper_terms.as_ref().unwrap_or(&z),
-                    eps: &eps,
-                    mu: &mu,
-                    logvar: &logvar,
+                    eps: q1_eps,
+                    mu: q1_mu,
+                    logvar: q1_logvar,
                     weights: &weights,
                     stats: &k_stats,
-                    dmu: &dmu,
-                    dlogvar: &dlogvar,
+                    dmu: &q1_dmu,
+                    dlogvar: &q1_dlogvar,
                     dz: &dz,
                     d_dec: &d_dec,
                     d_dec_logvar: d_dec_logvar_out,
@@ -663,9 +840,21 @@ impl TrainGraph {
             (&z, rows),
             Some(InputGrad::new(&dz, dz_written)),
         )?;
-        // The stages above z_1, top-down (cpu::hvae::step's order).
+        // The stages above z_1: a ladder up the layers then down its bottom-up path
+        // (cpu::ladder::step's order), ending in the encoder heads' gradients; a plain
+        // hierarchy top-down (cpu::hvae::step's order).
         let mut stage_grads = Vec::new();
-        if let Some(upper) = &upper_backward {
+        if let (Some(upper), Some(lf)) = (&upper_backward, &ladder) {
+            let first = FirstLayer {
+                mu_hat: &mu,
+                lv_hat: &logvar,
+                z: &z,
+                eps: &eps,
+                dz: &dz,
+                d_hat: (&dmu, &dlogvar),
+            };
+            stage_grads = ladder_backward(&mut back, gpu, &layers, upper, lf, &first, rows)?;
+        } else if let Some(upper) = &upper_backward {
             for (j, st) in layers.upper.iter().enumerate().rev() {
                 let f = &upper.stages[j];
                 let (below, dz_below) = if j == 0 {
@@ -720,10 +909,12 @@ impl TrainGraph {
             .map(|u| u.stages.into_iter().map(|s| s.eps).collect())
             .unwrap_or_default();
         // Through the sample into μ and logσ² (which hold the latent terms' gradient already).
-        back.ops
-            .push(sampler.backward(gpu, shape, &dz, &eps, &logvar, &dmu, &dlogvar)?);
+        if ladder.is_none() {
+            back.ops
+                .push(sampler.backward(gpu, shape, &dz, &eps, &logvar, &dmu, &dlogvar)?);
+        }
         // Heads, then the encoder: its dense layers, then its convolutions.
-        let enc_conv_dpre = conv_dpre_scratch(gpu, &layers.enc_conv, b)?;
+        let enc_conv_dpre = conv_dpre_scratch(gpu, &layers.enc_conv, enc_rows)?;
         let flat = enc_conv.last().map_or(&x, |c| &c.out);
         let into_conv = (enc_conv
             .last()
@@ -735,7 +926,7 @@ impl TrainGraph {
             &enc,
             &enc_dpre,
             &[(&layers.mu, &dmu), (&layers.logvar, &dlogvar)],
-            (flat, b),
+            (flat, enc_rows),
             into_conv,
         )?;
         if let Some(d_last) = enc_conv_dpre.last() {
@@ -744,7 +935,7 @@ impl TrainGraph {
                 &enc_conv,
                 &enc_conv_dpre,
                 d_last,
-                (&x, b),
+                (&x, enc_rows),
                 None,
             )?;
         }
