@@ -518,8 +518,7 @@ fn ladder_backward(
                 .kernels
                 .grads(gpu, first_shape, 1.0, &first_values, &first_grads, true)?,
         ];
-    for j in 0..n - 1 {
-        let bufs = &upper.grads[j];
+    for (j, (stage, bufs)) in stages.iter().zip(&upper.grads).enumerate() {
         let shape = StageShape {
             rows: rows as u32,
             latent: width(j + 1),
@@ -528,7 +527,7 @@ fn ladder_backward(
         };
         let values = StageValues {
             q_logvar: &lf.q_logvar[j + 1],
-            ..stages[j].values(z_of(j))
+            ..stage.values(z_of(j))
         };
         let grads = StageGrads {
             weights: upper.weights,
