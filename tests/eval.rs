@@ -408,3 +408,68 @@ fn hierarchical_log_likelihood(ladder: bool) {
         }
     }
 }
+
+/// The pictures' encoder for a ladder gives the posterior mean along the top-down mean path,
+/// as `cpu::ladder::posterior_mean` (f32 chains of a few dozen terms: 1e-5 of the scale).
+#[test]
+fn ladder_pictures_encode_the_top_down_posterior_mean() {
+    use vae_wgpu::eval::pictures::Codec;
+    use vae_wgpu::model::Stage;
+    let cfg = VaeConfig {
+        input: 13,
+        hidden: vec![9],
+        latent: 4,
+        act: Activation::Tanh,
+        likelihood: Likelihood::Bernoulli,
+        upper: vec![
+            Stage {
+                hidden: vec![5],
+                latent: 3,
+            },
+            Stage {
+                hidden: vec![],
+                latent: 2,
+            },
+        ],
+        conv: None,
+        ladder: true,
+    };
+    let layout = ParamLayout::new(&cfg);
+    let params: Vec<f32> = init_params(&cfg, &layout, 6)
+        .iter()
+        .map(|v| 2.0 * v)
+        .collect();
+    let p64: Vec<f64> = params.iter().map(|&v| v as f64).collect();
+    let items = 5usize;
+    let pixels: Vec<u8> = (0..items * cfg.input)
+        .map(|i| ((i * 53) % 256) as u8)
+        .collect();
+    let x: Vec<f64> = pixels.iter().map(|&b| b as f64 / 255.0).collect();
+    let want = vae_wgpu::cpu::ladder::posterior_mean(&cfg, &layout, &p64, &x);
+    let bottom_up = vae::encode(&cfg, &layout, &p64, &x).0;
+    assert!(
+        want.iter()
+            .zip(&bottom_up)
+            .any(|(a, b)| (a - b).abs() > 1e-3),
+        "the top-down mean should differ from the bottom-up one"
+    );
+    for gpu in all_gpus() {
+        let data = DeviceData::bytes(
+            upload_pixels(&gpu, "pixels", &pixels).unwrap(),
+            items,
+            cfg.input,
+        );
+        let pv = gpu.upload("params", &params).unwrap();
+        let codec = Codec::new(&gpu, &cfg, &pv, &data, 8).unwrap();
+        let all: Vec<u32> = (0..items as u32).collect();
+        let got = codec.encode(&gpu, &all).unwrap();
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= 1e-5 * scale,
+                "{} [{i}]: {g} vs {w}",
+                gpu.describe()
+            );
+        }
+    }
+}

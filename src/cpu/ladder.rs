@@ -53,6 +53,45 @@ pub fn combine_grads(
     g
 }
 
+/// The posterior mean of z_1 [B, L_1] for inputs `x` [B, D] along the top-down mean path: the
+/// bottom-up Gaussians, then z_L = μ̂_L and z_l = μ_q,l of the combination with the prior from
+/// the mean above (the device's `Net::ladder_mean`, which pictures encode with).
+pub fn posterior_mean(
+    cfg: &crate::model::VaeConfig,
+    layout: &crate::model::ParamLayout,
+    p: &[f64],
+    x: &[f64],
+) -> Vec<f64> {
+    use super::vae::{Heads, Trunk, chain_forward};
+    let layers = cfg.layers();
+    let rows = x.len() / cfg.input;
+    let trunk = Trunk::forward(&layers, layout, p, x, rows);
+    let heads1 = Heads {
+        mu: &layers.mu,
+        logvar: &layers.logvar,
+    };
+    let mut hat = vec![heads1.forward(layout, p, trunk.top(), rows)];
+    for st in &layers.upper {
+        let c = chain_forward(&st.q_hidden, layout, p, &hat.last().unwrap().0, rows);
+        let heads = Heads {
+            mu: &st.q_mu,
+            logvar: &st.q_logvar,
+        };
+        hat.push(heads.forward(layout, p, c.ins.last().unwrap(), rows));
+    }
+    let mut mean = hat.pop().unwrap().0;
+    for (st, (mu_hat, lv_hat)) in layers.upper.iter().zip(&hat).rev() {
+        let c = chain_forward(&st.p_hidden, layout, p, &mean, rows);
+        let heads = Heads {
+            mu: &st.p_mu,
+            logvar: &st.p_logvar,
+        };
+        let (mu_p, lv_p) = heads.forward(layout, p, c.ins.last().unwrap(), rows);
+        mean = combine(mu_hat, lv_hat, &mu_p, &lv_p).0;
+    }
+    mean
+}
+
 /// Loss and gradient of `objective` for a ladder VAE (`VaeConfig::ladder`) on one batch `x`
 /// [B, D], with the noise of every stochastic layer in `eps` as for [`super::hvae::step`]:
 /// [K·B, L_1], then [K·B, L_2], … (row s·B + b).

@@ -56,7 +56,12 @@ impl Codec {
             layout: &layout,
             params,
         };
-        let e = net.encode(&x, rows)?;
+        let mut e = net.encode(&x, rows)?;
+        if cfg.ladder {
+            let mut ops = std::mem::take(&mut e.dispatches);
+            e.mu = net.ladder_mean(&e, rows, &mut ops)?;
+            e.dispatches = ops;
+        }
         let z = gpu.zeros("pictures.z", (rows * cfg.latent) as u64)?;
         let d = net.decode(&z, rows)?;
         let top = *cfg.latents().last().expect("a latent layer");

@@ -492,6 +492,55 @@ impl Net<'_, '_> {
         Ok(())
     }
 
+    /// Records a ladder's posterior mean of z_1 for the encoded `e` ([rows] inputs): the
+    /// bottom-up Gaussians, then down the layers with each at its posterior mean (z_L = μ̂_L,
+    /// z_l = μ_q,l of the combination with the prior from the mean above). Reconstructions and
+    /// latent pictures use it where a one-layer model uses μ.
+    pub(crate) fn ladder_mean(
+        &mut self,
+        e: &Encoded,
+        rows: usize,
+        dispatches: &mut Vec<Dispatch>,
+    ) -> Result<View> {
+        let layers = self.cfg.layers();
+        let mut hat = vec![(e.mu.clone(), e.logvar.clone())];
+        for st in &layers.upper {
+            let below = hat.last().expect("z_1's").0.clone();
+            let q = self.gaussian(
+                &st.q_hidden,
+                (&st.q_mu, &st.q_logvar),
+                &below,
+                rows,
+                dispatches,
+            )?;
+            hat.push((q.mu, q.logvar));
+        }
+        let kernels = LadderKernels::new(self.gpu)?;
+        let mut mean = hat.pop().expect("the top layer's").0;
+        for (st, (mu_hat, lv_hat)) in layers.upper.iter().zip(&hat).rev() {
+            let p = self.gaussian(
+                &st.p_hidden,
+                (&st.p_mu, &st.p_logvar),
+                &mean,
+                rows,
+                dispatches,
+            )?;
+            let (mu_q, lv_q) = (
+                self.gpu.zeros("ladder.mean", mu_hat.len)?,
+                self.gpu.zeros("ladder.logvar", mu_hat.len)?,
+            );
+            let inputs = LadderInputs {
+                mu_hat,
+                lv_hat,
+                mu_p: &p.mu,
+                lv_p: &p.logvar,
+            };
+            dispatches.push(kernels.combine(self.gpu, mu_hat.len, &inputs, &mu_q, &lv_q)?);
+            mean = mu_q;
+        }
+        Ok(mean)
+    }
+
     /// Records the decoder on `z` ([rows, L]).
     pub(crate) fn decode(&mut self, z: &View, rows: usize) -> Result<Decoded> {
         let layers = self.cfg.layers();
