@@ -100,6 +100,10 @@ fn im2col(n: u32, sp: u32, tap: u32) -> f32 {
 // op(A)[row, kk], row < m and kk < k.
 fn load_a(row: u32, kk: u32) -> f32 {
     switch MODE {
+        case 3u: {
+            // weight[co = kk, (ci, kh, kw) = row]: the weight read transposed.
+            return opa[kk * cp.m + row];
+        }
         case 1u: {
             // weight[co, ci = row, kh, kw] with kk = (co KH + kh) KW + kw.
             let taps = cp.kh * cp.kw;
@@ -121,6 +125,11 @@ fn load_a(row: u32, kk: u32) -> f32 {
 // op(B)[kk, col], kk < k and col < n.
 fn load_b(kk: u32, col: u32) -> f32 {
     switch MODE {
+        case 3u: {
+            // cols[n, co = kk, oh, ow] for col = (n, oh, ow).
+            let sp = cp.oh * cp.ow;
+            return opb[((col / sp) * cp.co + kk) * sp + col % sp];
+        }
         case 1u: {
             // cols[n, co, oh, ow] for image pixel col = (n, ih, iw) and kk = (co, kh, kw), where
             // oh s = ih + p - kh; zero where no output position uses this tap.
@@ -161,6 +170,12 @@ fn conv_epilogue(row: u32, col: u32, sum: f32) {
     if (row >= cp.m || col >= cp.n) {
         return;
     }
+    if (MODE == 3u) {
+        // The column buffer [n, (ci, kh, kw) = row, oh, ow], before col2im.
+        let sp = cp.oh * cp.ow;
+        out[((col / sp) * cp.m + row) * sp + col % sp] = sum;
+        return;
+    }
     var i = row * cp.n + col;
     if (MODE == 1u && CHANNELS_LAST) {
         // col = (n, ih, iw) in order: NHWC with `row` as the channel.
@@ -192,9 +207,10 @@ fn gemm_dims() -> vec3<u32> {
 }
 
 // Consecutive invocations stage A along k (in mode 2 `cols` is contiguous along k = (n, oh, ow)
-// anyway) and B along the columns: neighbouring output pixels.
+// anyway; mode 3's transposed weight along m) and B along the columns: neighbouring output
+// pixels.
 fn gemm_a_along_m() -> bool {
-    return false;
+    return MODE == 3u;
 }
 
 fn gemm_b_along_k() -> bool {
@@ -268,6 +284,45 @@ fn channel_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 // `direct_reduce` (MODE 2) when the weight has few elements and the sum over positions is long
 // (few tiles, each with a long K loop, leave the device idle). src/kernels/conv.rs times each
 // against the GEMM and keeps the faster. Both end in the same epilogue.
+
+// The columns variant of MODE 1 (src/kernels/conv.rs): MODE 3 is the dense GEMM
+//   T[n, (ci, kh, kw), oh, ow] = sum_co weight[co, ci, kh, kw] cols[n, co, oh, ow]
+// (M = CI KH KW, N = N OH OW, K = CO: no zero taps, and M fills the tile when CI is small), and
+// `col2im` (compiled as MODE 1, for its epilogue) sums each image element's at most
+// ceil(KH/s) ceil(KW/s) taps of T, reading T as `opa`.
+@compute @workgroup_size(64)
+fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let hw = cp.h * cp.w;
+    let e = flat_workgroup(wid, nwg) * THREADS + li;
+    if (e >= cp.batch * cp.ci * hw) {
+        return;
+    }
+    let n = e / (cp.ci * hw);
+    let row = (e / hw) % cp.ci;
+    let pix = e % hw;
+    let ih = pix / cp.w;
+    let iw = pix % cp.w;
+    let s = cp.stride;
+    let taps = cp.kh * cp.kw;
+    let out_sp = cp.oh * cp.ow;
+    let base = (n * cp.ci + row) * taps;
+    var sum = 0.0;
+    for (var kh = (ih + cp.pad) % s; kh < cp.kh && kh <= ih + cp.pad; kh += s) {
+        let oh = (ih + cp.pad - kh) / s;
+        if (oh >= cp.oh) {
+            continue;
+        }
+        for (var kw = (iw + cp.pad) % s; kw < cp.kw && kw <= iw + cp.pad; kw += s) {
+            let ow = (iw + cp.pad - kw) / s;
+            if (ow >= cp.ow) {
+                continue;
+            }
+            sum += opa[(base + kh * cp.kw + kw) * out_sp + oh * cp.ow + ow];
+        }
+    }
+    conv_epilogue(row, n * hw + pix, sum);
+}
 
 // MODE 1, one invocation per image element [n, row = ci, ih, iw] in NCHW order: the sum over
 // output channels of the taps that land on it, kh ≡ ih + p (mod s), skipping the rest.

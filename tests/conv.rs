@@ -1,9 +1,9 @@
 //! 2-D convolution and transposed convolution (forward, data and weight gradients, bias
 //! gradients): the f64 reference against central finite differences and against each other (the
-//! adjoint identity), and the GPU kernels (the implicit GEMM and, where a pass has one, the
-//! direct kernel) against the reference on every adapter, on shapes that fill no tile, edge
-//! values, and the Keras example's convolutional VAE. The direct kernels sum the same terms in
-//! another order, so the same bounds hold.
+//! adjoint identity), and the GPU kernels (the implicit GEMM and every other variant a pass has:
+//! direct, columns) against the reference on every adapter, on shapes that fill no tile, edge
+//! values, and the Keras example's convolutional VAE. The variants sum the same products in
+//! other orders (columns: per tap over channels, then over taps), so the same bounds hold.
 //!
 //! GPU tolerance, as in tests/matmul.rs: each output element is a sum of T products (and the
 //! bias), which f32 forms, in any order and with or without fused multiply-adds, to within
@@ -22,7 +22,7 @@ use vae_wgpu::cpu::activation as act_cpu;
 use vae_wgpu::cpu::conv::{self as cpu, Grads};
 use vae_wgpu::gpu::{Gpu, GpuError, View};
 use vae_wgpu::kernels::Activation;
-use vae_wgpu::kernels::conv::{Conv, ConvConfig, ConvOp, ConvShape};
+use vae_wgpu::kernels::conv::{Conv, ConvConfig, ConvOp, ConvShape, ConvVariant};
 
 fn gamma(n: usize, u: f64) -> f64 {
     let nu = n as f64 * u;
@@ -209,6 +209,18 @@ fn cpu_transposed_conv_is_the_adjoint_of_conv2d() {
 
 // ---------------------------------------------------------------- GPU
 
+/// `cfg` with `variant` if its pass has that variant.
+fn with_variant(cfg: ConvConfig, variant: ConvVariant) -> ConvConfig {
+    let variant = if cfg.variants().contains(&variant) {
+        variant
+    } else {
+        ConvVariant::Gemm
+    };
+    ConvConfig { variant, ..cfg }
+}
+
+const VARIANTS: [ConvVariant; 3] = [ConvVariant::Gemm, ConvVariant::Direct, ConvVariant::Columns];
+
 /// The three passes of one direction (conv2d or transposed), compiled once per adapter.
 struct Passes {
     fwd: Conv,
@@ -217,18 +229,20 @@ struct Passes {
 }
 
 impl Passes {
-    /// With `direct`, the direct kernel for every pass that has one.
-    fn new(gpu: &Gpu, t: bool, direct: bool) -> Self {
+    /// `variant` for every pass that has it, the implicit GEMM for the others.
+    fn new(gpu: &Gpu, t: bool, variant: ConvVariant) -> Self {
         let c = |op, bias| {
-            let cfg = ConvConfig {
-                bias,
-                ..ConvConfig::new(t, op)
-            };
-            let cfg = ConvConfig {
-                direct: direct && cfg.has_direct(),
-                ..cfg
-            };
-            Conv::new(gpu, cfg).unwrap()
+            Conv::new(
+                gpu,
+                with_variant(
+                    ConvConfig {
+                        bias,
+                        ..ConvConfig::new(t, op)
+                    },
+                    variant,
+                ),
+            )
+            .unwrap()
         };
         Passes {
             fwd: c(ConvOp::Forward, true),
@@ -373,8 +387,11 @@ fn gpu_shapes() -> Vec<ConvShape> {
 fn gpu_matches_cpu_on_odd_shapes_and_edge_values() {
     for gpu in all_gpus() {
         let mut worst = 0.0f64;
-        for (t, direct) in [(false, false), (true, false), (false, true), (true, true)] {
-            let p = Passes::new(&gpu, t, direct);
+        for (t, variant) in [false, true]
+            .into_iter()
+            .flat_map(|t| VARIANTS.map(|v| (t, v)))
+        {
+            let p = Passes::new(&gpu, t, variant);
             for (i, s) in gpu_shapes().into_iter().enumerate() {
                 // The transposed layer uses the shape as its own (its input is 7×7 or 28×28),
                 // with output_pad 1 where the stride allows.
@@ -415,10 +432,10 @@ fn keras_example_shapes() {
     ];
     for gpu in all_gpus() {
         let mut worst = 0.0f64;
-        for direct in [false, true] {
+        for variant in VARIANTS {
             let passes = [
-                Passes::new(&gpu, false, direct),
-                Passes::new(&gpu, true, direct),
+                Passes::new(&gpu, false, variant),
+                Passes::new(&gpu, true, variant),
             ];
             for (i, (s, t, hw)) in layers.iter().enumerate() {
                 assert_eq!(s.out_hw(*t).unwrap(), *hw, "{s:?}");
@@ -541,7 +558,10 @@ fn channels_last_stored_pre_activation_and_fused_derivative() {
     // as the plain forward); the data gradient is multiplied by ReLU' at a given pre-activation,
     // which is exact (0 or 1), so its tolerance stays the plain data gradient's.
     for gpu in all_gpus() {
-        for (t, direct) in [(false, false), (true, false), (false, true), (true, true)] {
+        for (t, variant) in [false, true]
+            .into_iter()
+            .flat_map(|t| VARIANTS.map(|v| (t, v)))
+        {
             let s = if t {
                 ConvShape::square(3, 5, 7, 3, 3, 2, 1, 1)
             } else {
@@ -583,13 +603,15 @@ fn channels_last_stored_pre_activation_and_fused_derivative() {
             let d = data(&s, t, Values::Random, 500 + t as u64);
             let (x, w, b, dy) = (to_f64(&d.x), to_f64(&d.w), to_f64(&d.b), to_f64(&d.dy));
             let (t_fwd, t_dx, t_dw, t_db) = terms(&s, t);
-            let name = format!("channels-last t={t} direct={direct} on {}", gpu.info.name);
+            let name = format!("channels-last t={t} {variant:?} on {}", gpu.info.name);
             let conv = |cfg: ConvConfig| {
-                let cfg = ConvConfig {
-                    channels_last: true,
-                    direct: direct && cfg.has_direct(),
-                    ..cfg
-                };
+                let cfg = with_variant(
+                    ConvConfig {
+                        channels_last: true,
+                        ..cfg
+                    },
+                    variant,
+                );
                 Conv::new(&gpu, cfg).unwrap()
             };
             let up = |label, v: &[f32]| gpu.upload(label, v).unwrap();
@@ -740,5 +762,21 @@ fn impossible_shapes_and_bad_bindings_are_typed_errors() {
             },
         );
         assert!(matches!(act_dx, Err(GpuError::Shape { .. })));
+        // The forward im2col GEMM has no other variant; the weight gradient no columns one.
+        for (t, op, variant) in [
+            (false, ConvOp::Forward, ConvVariant::Direct),
+            (true, ConvOp::BackwardData, ConvVariant::Columns),
+            (false, ConvOp::BackwardWeight, ConvVariant::Columns),
+        ] {
+            let e = Conv::new(
+                &gpu,
+                ConvConfig {
+                    variant,
+                    ..ConvConfig::new(t, op)
+                },
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(variant.name()), "{e}");
+        }
     }
 }

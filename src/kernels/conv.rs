@@ -243,9 +243,30 @@ pub struct ConvConfig {
     /// The image tensor (conv2d's input, the transposed convolution's output) is [N, H, W, C],
     /// as pixels are stored, instead of NCHW: for a model's first and last layers.
     pub channels_last: bool,
-    /// The direct kernel instead of the implicit GEMM (see `shaders/conv.wgsl`): for the passes
-    /// that have one ([`ConvConfig::has_direct`]).
-    pub direct: bool,
+    /// Which kernel computes the pass ([`ConvConfig::variants`] lists the pass's).
+    pub variant: ConvVariant,
+}
+
+/// How a pass is computed (see `shaders/conv.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConvVariant {
+    /// The implicit GEMM on the matmul's 64×64 tiling: every pass.
+    Gemm,
+    /// The data-gradient gather over the taps that land on each pixel, or the weight gradient
+    /// with a workgroup per weight.
+    Direct,
+    /// The data gradient as a dense GEMM into a column buffer (no zero taps), then col2im.
+    Columns,
+}
+
+impl ConvVariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvVariant::Gemm => "gemm",
+            ConvVariant::Direct => "direct",
+            ConvVariant::Columns => "columns",
+        }
+    }
 }
 
 impl ConvConfig {
@@ -259,14 +280,19 @@ impl ConvConfig {
             store_pre: false,
             grad_act: None,
             channels_last: false,
-            direct: false,
+            variant: ConvVariant::Gemm,
         }
     }
 
-    /// Whether the pass has a direct kernel: the data-gradient gather (conv2d's data gradient,
-    /// the transposed forward) and the weight gradient.
-    pub fn has_direct(&self) -> bool {
-        self.mode() != 0
+    /// The variants that compute this pass: the forward im2col GEMM has one; the data-gradient
+    /// gather (conv2d's data gradient, the transposed forward) three; the weight gradient two.
+    pub fn variants(&self) -> &'static [ConvVariant] {
+        use ConvVariant::*;
+        match self.mode() {
+            0 => &[Gemm],
+            1 => &[Gemm, Direct, Columns],
+            _ => &[Gemm, Direct],
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -302,8 +328,8 @@ impl ConvConfig {
         if self.channels_last {
             s += ".nhwc";
         }
-        if self.direct {
-            s += ".direct";
+        if self.variant != ConvVariant::Gemm {
+            s += &format!(".{}", self.variant.name());
         }
         if self.accumulate {
             s += "+=";
@@ -395,6 +421,8 @@ pub struct Conv {
     cfg: ConvConfig,
     label: String,
     gemm: Kernel,
+    /// The columns variant's GEMM into the column buffer (`gemm` is then its col2im).
+    columns: Option<Kernel>,
     /// The bias gradient (`BackwardWeight` with `bias`).
     sums: Option<Kernel>,
 }
@@ -423,10 +451,12 @@ impl Conv {
                 "an activation derivative is fused into the data gradient only",
             ));
         }
-        if cfg.direct && !cfg.has_direct() {
-            return Err(err(
-                "this pass has no direct kernel (the forward im2col GEMM only)",
-            ));
+        if !cfg.variants().contains(&cfg.variant) {
+            return Err(err(&format!(
+                "this pass has no {} kernel (it has {:?})",
+                cfg.variant.name(),
+                cfg.variants()
+            )));
         }
         if cfg.op == ConvOp::BackwardData && cfg.bias {
             return Err(err(
@@ -445,12 +475,20 @@ impl Conv {
             ("GRAD_ACT", cfg.grad_act.map_or(0, Activation::id) as f64),
             ("CHANNELS_LAST", cfg.channels_last as u8 as f64),
         ];
-        let entry = match (cfg.direct, cfg.mode()) {
-            (false, _) => "main",
-            (true, 1) => "direct_gather",
-            (true, _) => "direct_reduce",
+        let entry = match (cfg.variant, cfg.mode()) {
+            (ConvVariant::Gemm, _) => "main",
+            (ConvVariant::Direct, 1) => "direct_gather",
+            (ConvVariant::Direct, _) => "direct_reduce",
+            (ConvVariant::Columns, _) => "col2im",
         };
         let gemm = gpu.kernel(&label, &src, entry, SLOTS, &constants)?;
+        // The columns variant's dense GEMM into the column buffer: no epilogue options.
+        let columns = if cfg.variant == ConvVariant::Columns {
+            let c = [("MODE", 3.0)];
+            Some(gpu.kernel(&format!("{label}.gemm"), &src, "main", SLOTS, &c)?)
+        } else {
+            None
+        };
         let sums = if cfg.bias && cfg.op == ConvOp::BackwardWeight {
             // The bias gradient sums dY, the image side of a transposed convolution.
             let dy_channels_last = cfg.channels_last && cfg.transposed;
@@ -466,6 +504,7 @@ impl Conv {
             cfg,
             label,
             gemm,
+            columns,
             sums,
         })
     }
@@ -605,12 +644,13 @@ impl Conv {
         };
         let tiles_n = n.div_ceil(TILE);
         let tiles = m.div_ceil(TILE) as u64 * tiles_n as u64;
-        let groups = match (cfg.direct, cfg.mode()) {
-            (false, _) => tiles,
+        let image_elements = g.batch as u64 * g.ci as u64 * g.h as u64 * g.w as u64;
+        let groups = match (cfg.variant, cfg.mode()) {
+            (ConvVariant::Gemm, _) => tiles,
             // One invocation per image element, 64 per workgroup.
-            (true, 1) => (g.batch as u64 * g.ci as u64 * g.h as u64 * g.w as u64).div_ceil(64),
+            (ConvVariant::Direct, 1) | (ConvVariant::Columns, _) => image_elements.div_ceil(64),
             // One workgroup per weight element.
-            (true, _) => m as u64 * n as u64,
+            (ConvVariant::Direct, _) => m as u64 * n as u64,
         };
         if groups > u32::MAX as u64 {
             return Err(shape_err(format!("{groups} workgroups overflow the grid")));
@@ -630,18 +670,61 @@ impl Conv {
             ConvOp::Forward => bias.as_ref().map_or(Binding::Unused, Binding::Storage),
             _ => Binding::Unused,
         };
-        let mut dispatches = vec![gpu.dispatch(
+        let mut dispatches = Vec::new();
+        // The columns variant: the dense GEMM into T [N, CI·KH·KW, OH, OW], which col2im (in
+        // `gemm`'s place) then reads as its first operand.
+        let column_buffer = match &self.columns {
+            Some(kernel) => {
+                let (cm, cn, ck) = (g.ci * taps, g.batch * g.oh * g.ow, g.co);
+                let ctiles_n = cn.div_ceil(TILE);
+                let ctiles = cm.div_ceil(TILE) as u64 * ctiles_n as u64;
+                if ctiles > u32::MAX as u64 {
+                    return Err(shape_err(format!("{ctiles} workgroups overflow the grid")));
+                }
+                let t_buf = gpu.zeros(&format!("{label}.columns"), cm as u64 * cn as u64)?;
+                let p = gpu.uniform(
+                    label,
+                    &Params {
+                        m: cm,
+                        n: cn,
+                        k: ck,
+                        tiles_n: ctiles_n,
+                        tiles: ctiles as u32,
+                        ..Params::of(&g)
+                    },
+                );
+                dispatches.push(gpu.dispatch(
+                    kernel,
+                    &[
+                        Binding::Uniform(&p),
+                        Binding::Storage(opa),
+                        Binding::Storage(opb),
+                        Binding::Storage(&t_buf),
+                        Binding::Unused,
+                        Binding::Unused,
+                    ],
+                    gpu.grid_1d(ctiles as u32),
+                )?);
+                Some(t_buf)
+            }
+            None => None,
+        };
+        let (first, second) = match &column_buffer {
+            Some(t_buf) => (Binding::Storage(t_buf), Binding::Unused),
+            None => (Binding::Storage(opa), Binding::Storage(opb)),
+        };
+        dispatches.push(gpu.dispatch(
             &self.gemm,
             &[
                 Binding::Uniform(&params),
-                Binding::Storage(opa),
-                Binding::Storage(opb),
+                first,
+                second,
                 Binding::Storage(&out),
                 bias_read,
                 aux.as_ref().map_or(Binding::Unused, Binding::Storage),
             ],
             gpu.grid_1d(groups as u32),
-        )?];
+        )?);
         if let (Some(sums), Some(db)) = (&self.sums, &bias) {
             // Channel sums of dy [N, c_out, H_out, W_out] (in the op's own terms).
             let (oh, ow) = shape.out_hw(t).map_err(shape_err)?;

@@ -7,7 +7,7 @@ use std::collections::hash_map::Entry;
 
 use crate::gpu::{Dispatch, Gpu, Result, View};
 use crate::kernels::Activation;
-use crate::kernels::conv::{Conv, ConvConfig, ConvOp, ConvShape};
+use crate::kernels::conv::{Conv, ConvConfig, ConvOp, ConvShape, ConvVariant};
 use crate::kernels::hierarchy::{HierarchyKernels, StageShape, StageValues};
 use crate::kernels::ladder::{LadderInputs, LadderKernels};
 use crate::kernels::matmul::{Layout, Matmul, MatmulConfig, MatmulVariant};
@@ -38,8 +38,8 @@ impl<'g> Matmuls<'g> {
         }
     }
 
-    /// Binds one pass of a convolution (see [`Conv::bind_aux`]): the implicit GEMM or, where
-    /// the pass has one and it times faster for this shape on this adapter, the direct kernel.
+    /// Binds one pass of a convolution (see [`Conv::bind_aux`]) with the variant that times
+    /// fastest for this shape on this adapter (timed once, cached with the matmuls').
     pub(crate) fn conv(
         &mut self,
         cfg: ConvConfig,
@@ -49,19 +49,22 @@ impl<'g> Matmuls<'g> {
         (bias, aux): (Option<&View>, Option<&View>),
     ) -> Result<Vec<Dispatch>> {
         let gpu = self.gpu;
-        let cfg = if cfg.has_direct() {
+        let variants = cfg.variants();
+        let cfg = if variants.len() > 1 {
             let key = format!("{} {shape:?}", cfg.describe());
-            let chosen = gpu.tuned(&key, &["gemm", "direct"], |name, give_up| {
-                let c = ConvConfig {
-                    direct: name == "direct",
-                    ..cfg
-                };
-                self.compiled_conv(c)?.time(gpu, shape, give_up)
-            })?;
-            ConvConfig {
-                direct: chosen == "direct",
+            let names: Vec<&str> = variants.iter().map(|v| v.name()).collect();
+            let with = |name: &str| ConvConfig {
+                variant: variants
+                    .iter()
+                    .copied()
+                    .find(|v| v.name() == name)
+                    .unwrap_or(ConvVariant::Gemm),
                 ..cfg
-            }
+            };
+            let chosen = gpu.tuned(&key, &names, |name, give_up| {
+                self.compiled_conv(with(name))?.time(gpu, shape, give_up)
+            })?;
+            with(&chosen)
         } else {
             cfg
         };
