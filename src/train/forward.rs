@@ -51,8 +51,9 @@ impl<'g> Matmuls<'g> {
         let gpu = self.gpu;
         let variants = cfg.variants();
         let cfg = if variants.len() > 1 {
-            let key = format!("{} {shape:?}", cfg.describe());
             let names: Vec<&str> = variants.iter().map(|v| v.name()).collect();
+            // The candidates are part of the key: a new variant is timed, not skipped.
+            let key = format!("{} {shape:?} {names:?}", cfg.describe());
             let with = |name: &str| ConvConfig {
                 variant: variants
                     .iter()
