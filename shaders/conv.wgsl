@@ -279,19 +279,40 @@ fn channel_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 
-// Direct kernels for the passes the implicit GEMM serves poorly: `direct_gather` (MODE 1) when
+// Direct kernels for the passes the implicit GEMM serves poorly: `gather` (MODE 1) when
 // the image has few channels (most of a 64-row tile idle) and stride > 1 (most taps read zero);
 // `direct_reduce` (MODE 2) when the weight has few elements and the sum over positions is long
 // (few tiles, each with a long K loop, leave the device idle). src/kernels/conv.rs times each
 // against the GEMM and keeps the faster. Both end in the same epilogue.
 
-// The columns variant of MODE 1 (src/kernels/conv.rs): MODE 3 is the dense GEMM
+// MODE 1, one invocation per image element [n, row = ci, ih, iw] in NCHW order (`gather`): the
+// sum over the taps that land on it, kh ≡ ih + p (mod s), skipping the rest. Per tap, either
+// the sum over output channels of weight × cols (the direct variant), or, with FROM_COLUMNS,
+// one entry of the column buffer T that the columns variant's MODE 3 GEMM wrote (`opa`):
 //   T[n, (ci, kh, kw), oh, ow] = sum_co weight[co, ci, kh, kw] cols[n, co, oh, ow]
-// (M = CI KH KW, N = N OH OW, K = CO: no zero taps, and M fills the tile when CI is small), and
-// `col2im` (compiled as MODE 1, for its epilogue) sums each image element's at most
-// ceil(KH/s) ceil(KW/s) taps of T, reading T as `opa`.
+// (M = CI KH KW, N = N OH OW, K = CO: no zero taps, and M fills the tile when CI is small).
+override FROM_COLUMNS: bool = false;
+
+fn tap_value(n: u32, row: u32, kh: u32, kw: u32, oh: u32, ow: u32) -> f32 {
+    let taps = cp.kh * cp.kw;
+    let out_sp = cp.oh * cp.ow;
+    let tap = kh * cp.kw + kw;
+    if (FROM_COLUMNS) {
+        return opa[((n * cp.ci + row) * taps + tap) * out_sp + oh * cp.ow + ow];
+    }
+    var w_at = row * taps + tap;
+    var c_at = n * cp.co * out_sp + oh * cp.ow + ow;
+    var sum = 0.0;
+    for (var co = 0u; co < cp.co; co++) {
+        sum += opa[w_at] * opb[c_at];
+        w_at += cp.ci * taps;
+        c_at += out_sp;
+    }
+    return sum;
+}
+
 @compute @workgroup_size(64)
-fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
     let hw = cp.h * cp.w;
     let e = flat_workgroup(wid, nwg) * THREADS + li;
@@ -304,9 +325,6 @@ fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let ih = pix / cp.w;
     let iw = pix % cp.w;
     let s = cp.stride;
-    let taps = cp.kh * cp.kw;
-    let out_sp = cp.oh * cp.ow;
-    let base = (n * cp.ci + row) * taps;
     var sum = 0.0;
     for (var kh = (ih + cp.pad) % s; kh < cp.kh && kh <= ih + cp.pad; kh += s) {
         let oh = (ih + cp.pad - kh) / s;
@@ -318,49 +336,7 @@ fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             if (ow >= cp.ow) {
                 continue;
             }
-            sum += opa[(base + kh * cp.kw + kw) * out_sp + oh * cp.ow + ow];
-        }
-    }
-    conv_epilogue(row, n * hw + pix, sum);
-}
-
-// MODE 1, one invocation per image element [n, row = ci, ih, iw] in NCHW order: the sum over
-// output channels of the taps that land on it, kh ≡ ih + p (mod s), skipping the rest.
-@compute @workgroup_size(64)
-fn direct_gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_index) li: u32) {
-    let hw = cp.h * cp.w;
-    let e = flat_workgroup(wid, nwg) * THREADS + li;
-    if (e >= cp.batch * cp.ci * hw) {
-        return;
-    }
-    let n = e / (cp.ci * hw);
-    let row = (e / hw) % cp.ci;
-    let pix = e % hw;
-    let ih = pix / cp.w;
-    let iw = pix % cp.w;
-    let s = cp.stride;
-    let taps = cp.kh * cp.kw;
-    let out_sp = cp.oh * cp.ow;
-    var sum = 0.0;
-    for (var kh = (ih + cp.pad) % s; kh < cp.kh && kh <= ih + cp.pad; kh += s) {
-        let oh = (ih + cp.pad - kh) / s;
-        if (oh >= cp.oh) {
-            continue;
-        }
-        for (var kw = (iw + cp.pad) % s; kw < cp.kw && kw <= iw + cp.pad; kw += s) {
-            let ow = (iw + cp.pad - kw) / s;
-            if (ow >= cp.ow) {
-                continue;
-            }
-            let tap = kh * cp.kw + kw;
-            var w_at = row * taps + tap;
-            var c_at = n * cp.co * out_sp + oh * cp.ow + ow;
-            for (var co = 0u; co < cp.co; co++) {
-                sum += opa[w_at] * opb[c_at];
-                w_at += cp.ci * taps;
-                c_at += out_sp;
-            }
+            sum += tap_value(n, row, kh, kw, oh, ow);
         }
     }
     conv_epilogue(row, n * hw + pix, sum);

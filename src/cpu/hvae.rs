@@ -125,6 +125,21 @@ pub fn posterior_grads(eps: &[f64], q_logvar: &[f64], dz: &[f64], g: &[f64]) -> 
         .collect()
 }
 
+/// The number of sample rows and each layer's noise [rows, L_l] from the layers' noise laid end
+/// to end (`eps` as [`step`] takes it).
+pub(crate) fn split_noise<'e>(eps: &'e [f64], latents: &[usize]) -> (usize, Vec<&'e [f64]>) {
+    let rows = eps.len() / latents.iter().sum::<usize>();
+    let mut start = 0;
+    let parts = latents
+        .iter()
+        .map(|&l| {
+            start += rows * l;
+            &eps[start - rows * l..start]
+        })
+        .collect();
+    (rows, parts)
+}
+
 /// The objective over each example's K sample rows (row s·B + b) from their log-weights and
 /// reconstruction terms: (loss sum, mean reconstruction sum, each row's normalized weight).
 /// IWAE: −log mean_k w_k with the softmax weights; ELBO: −mean_k log w_k with weights 1/K.
@@ -173,13 +188,7 @@ pub fn step(
     let layers = cfg.layers();
     let latents = cfg.latents();
     let batch = x.len() / cfg.input;
-    let rows = eps.len() / latents.iter().sum::<usize>();
-    let mut eps_at = Vec::new();
-    let mut start = 0;
-    for &l in &latents {
-        eps_at.push(&eps[start..start + rows * l]);
-        start += rows * l;
-    }
+    let (rows, eps_at) = split_noise(eps, &latents);
 
     // Inference of z_1 on the B inputs, K samples.
     let trunk = Trunk::forward(&layers, layout, p, x, batch);

@@ -113,7 +113,9 @@ pub fn step(
     objective: crate::kernels::iwae::Objective,
     beta: f64,
 ) -> super::vae::StepResult {
-    use super::hvae::{StageRef, posterior_grads, stage_grads, stage_terms, weigh_samples};
+    use super::hvae::{
+        StageRef, posterior_grads, split_noise, stage_grads, stage_terms, weigh_samples,
+    };
     use super::vae::{
         Generator, Heads, Trunk, chain_backward, chain_forward, sample_row_reconstruction,
         weigh_reconstruction,
@@ -122,13 +124,7 @@ pub fn step(
     let latents = cfg.latents();
     let n_layers = latents.len();
     let batch = x.len() / cfg.input;
-    let rows = eps.len() / latents.iter().sum::<usize>();
-    let mut eps_at = Vec::new();
-    let mut start = 0;
-    for &l in &latents {
-        eps_at.push(&eps[start..start + rows * l]);
-        start += rows * l;
-    }
+    let (rows, eps_at) = split_noise(eps, &latents);
     let x_rows: Vec<f64> = x.iter().copied().cycle().take(rows * cfg.input).collect();
 
     // Bottom-up: (μ̂_l, logσ̂²_l) for every layer, on every sample row.

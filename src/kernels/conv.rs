@@ -255,7 +255,8 @@ pub enum ConvVariant {
     /// The data-gradient gather over the taps that land on each pixel, or the weight gradient
     /// with a workgroup per weight.
     Direct,
-    /// The data gradient as a dense GEMM into a column buffer (no zero taps), then col2im.
+    /// The data gradient as a dense GEMM into a column buffer (no zero taps), then the gather
+    /// of each pixel's taps from it (col2im).
     Columns,
 }
 
@@ -421,7 +422,7 @@ pub struct Conv {
     cfg: ConvConfig,
     label: String,
     gemm: Kernel,
-    /// The columns variant's GEMM into the column buffer (`gemm` is then its col2im).
+    /// The columns variant's GEMM into the column buffer (`gemm` is then the gather from it).
     columns: Option<Kernel>,
     /// The bias gradient (`BackwardWeight` with `bias`).
     sums: Option<Kernel>,
@@ -474,12 +475,15 @@ impl Conv {
             ("HAS_GRAD", cfg.grad_act.is_some() as u8 as f64),
             ("GRAD_ACT", cfg.grad_act.map_or(0, Activation::id) as f64),
             ("CHANNELS_LAST", cfg.channels_last as u8 as f64),
+            (
+                "FROM_COLUMNS",
+                (cfg.variant == ConvVariant::Columns) as u8 as f64,
+            ),
         ];
         let entry = match (cfg.variant, cfg.mode()) {
             (ConvVariant::Gemm, _) => "main",
-            (ConvVariant::Direct, 1) => "direct_gather",
+            (ConvVariant::Direct, 1) | (ConvVariant::Columns, _) => "gather",
             (ConvVariant::Direct, _) => "direct_reduce",
-            (ConvVariant::Columns, _) => "col2im",
         };
         let gemm = gpu.kernel(&label, &src, entry, SLOTS, &constants)?;
         // The columns variant's dense GEMM into the column buffer: no epilogue options.
@@ -671,8 +675,8 @@ impl Conv {
             _ => Binding::Unused,
         };
         let mut dispatches = Vec::new();
-        // The columns variant: the dense GEMM into T [N, CI·KH·KW, OH, OW], which col2im (in
-        // `gemm`'s place) then reads as its first operand.
+        // The columns variant: the dense GEMM into T [N, CI·KH·KW, OH, OW], which the gather
+        // (in `gemm`'s place) then reads as its first operand.
         let column_buffer = match &self.columns {
             Some(kernel) => {
                 let (cm, cn, ck) = (g.ci * taps, g.batch * g.oh * g.ow, g.co);
