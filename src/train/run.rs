@@ -339,13 +339,23 @@ impl Trainer<'_> {
         if let Err(e) = self.gpu.check_faults("training") {
             bail!("{e}; stopping. {}", self.kept());
         }
-        for (tag, raw) in self.reader.poll(self.gpu, wait)? {
-            self.absorb(tag, &raw)?;
+        let arrived = self.reader.poll(self.gpu, wait)?;
+        if arrived.is_empty() {
+            return Ok(());
+        }
+        // Readbacks that arrive together share the time since the last arrival: their intervals'
+        // average rate (per arrival, the second of two would seem to take no time at all).
+        let now = Instant::now();
+        let samples: u64 = arrived.iter().map(|(tag, _)| tag.samples).sum();
+        let rate = samples as f64 / (now - self.last_arrival).as_secs_f64();
+        self.last_arrival = now;
+        for (tag, raw) in arrived {
+            self.absorb(tag, &raw, rate)?;
         }
         Ok(())
     }
 
-    fn absorb(&mut self, tag: LogTag, raw: &[f32]) -> anyhow::Result<()> {
+    fn absorb(&mut self, tag: LogTag, raw: &[f32], rate: f64) -> anyhow::Result<()> {
         let r = Running::from_raw(raw);
         if let Some(k) = r.first_nonfinite {
             return Err(self.diverged(tag.interval_first + k + 1, tag.epoch));
@@ -353,9 +363,6 @@ impl Trainer<'_> {
         if !r.total.is_finite() {
             return Err(self.diverged(tag.step, tag.epoch));
         }
-        let now = Instant::now();
-        let rate = tag.samples as f64 / (now - self.last_arrival).as_secs_f64();
-        self.last_arrival = now;
         self.progress.epoch_loss_sum += r.total;
         self.progress.epoch_count += r.count;
         let loss = r.total / r.count;
