@@ -227,6 +227,29 @@ fn foreign_and_damaged_files_are_rejected() {
         m.insert("settings".into(), serde_json::to_string(&s).unwrap());
     });
     check(&other, "the model (13-8-5-3");
+    // Settings no model can be built from are refused before any layout is derived from them.
+    let with_model = |edit: &dyn Fn(&mut TrainSettings)| {
+        rebuild(&|_, m| {
+            let mut s = settings();
+            edit(&mut s);
+            m.insert("settings".into(), serde_json::to_string(&s).unwrap());
+        })
+    };
+    check(
+        &with_model(&|s| {
+            s.model.conv = Some(vae_wgpu::model::ConvStack {
+                image: [13, 1, 1],
+                channels: vec![4],
+                kernel: 0,
+                stride: 2,
+            })
+        }),
+        "an impossible model in `settings` metadata",
+    );
+    check(
+        &with_model(&|s| s.model.ladder = true),
+        "ladder inference needs a hierarchy",
+    );
     assert!(layout.tensors.len() > 5);
 }
 

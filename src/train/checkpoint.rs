@@ -145,6 +145,12 @@ impl Checkpoint {
             .map_err(|e| err(path, format!("bad `settings` metadata: {e}")))?;
         let progress: Progress = serde_json::from_str(field("progress")?)
             .map_err(|e| err(path, format!("bad `progress` metadata: {e}")))?;
+        settings.model.check().map_err(|e| {
+            err(
+                path,
+                format!("an impossible model in `settings` metadata: {e}"),
+            )
+        })?;
         let layout = ParamLayout::new(&settings.model);
         let read = |prefix: &str| -> Result<Vec<f32>, CheckpointError> {
             let mut flat = vec![0.0f32; layout.len];
