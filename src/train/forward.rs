@@ -12,7 +12,7 @@ use crate::kernels::hierarchy::{HierarchyKernels, StageShape, StageValues};
 use crate::kernels::ladder::{LadderInputs, LadderKernels};
 use crate::kernels::matmul::{Layout, Matmul, MatmulConfig, MatmulVariant};
 use crate::kernels::sample::{SampleShape, Sampler};
-use crate::model::{ConvLayer, Dense, ParamLayout, VaeConfig};
+use crate::model::{ConvLayer, Dense, ParamLayout, StageLayers, VaeConfig};
 
 /// Products smaller than this (multiply-adds) use [`MatmulVariant::auto`] untimed.
 const MIN_TUNED_MACS: u64 = 1 << 18;
@@ -496,6 +496,63 @@ impl Net<'_, '_> {
         Ok(())
     }
 
+    /// Records a ladder's bottom-up Gaussians above z_1 on `rows` rows: stage l's inference MLP
+    /// on the bottom-up mean of the layer below, starting from z_1's `mu_hat`.
+    fn bottom_up(
+        &mut self,
+        mu_hat: &View,
+        rows: usize,
+        dispatches: &mut Vec<Dispatch>,
+    ) -> Result<Vec<Gaussian>> {
+        let layers = self.cfg.layers();
+        let mut ups: Vec<Gaussian> = Vec::new();
+        for st in &layers.upper {
+            let below = ups.last().map_or(mu_hat, |q| &q.mu).clone();
+            let q = self.gaussian(
+                &st.q_hidden,
+                (&st.q_mu, &st.q_logvar),
+                &below,
+                rows,
+                dispatches,
+            )?;
+            ups.push(q);
+        }
+        Ok(ups)
+    }
+
+    /// Records stage `st`'s prior of the layer below from `above`, and that layer's ladder
+    /// posterior: the prior combined with the bottom-up `hat` = (μ̂, logσ̂²). Returns (the prior,
+    /// μ_q, logσ²_q).
+    fn posterior_below(
+        &mut self,
+        st: &StageLayers,
+        kernels: &LadderKernels,
+        above: &View,
+        (mu_hat, lv_hat): (&View, &View),
+        rows: usize,
+        dispatches: &mut Vec<Dispatch>,
+    ) -> Result<(Gaussian, View, View)> {
+        let p = self.gaussian(
+            &st.p_hidden,
+            (&st.p_mu, &st.p_logvar),
+            above,
+            rows,
+            dispatches,
+        )?;
+        let (mu_q, lv_q) = (
+            self.gpu.zeros("ladder.q_mu", mu_hat.len)?,
+            self.gpu.zeros("ladder.q_logvar", mu_hat.len)?,
+        );
+        let inputs = LadderInputs {
+            mu_hat,
+            lv_hat,
+            mu_p: &p.mu,
+            lv_p: &p.logvar,
+        };
+        dispatches.push(kernels.combine(self.gpu, mu_hat.len, &inputs, &mu_q, &lv_q)?);
+        Ok((p, mu_q, lv_q))
+    }
+
     /// Records a ladder's posterior mean of z_1 for the encoded `e` ([rows] inputs): the
     /// bottom-up Gaussians, then down the layers with each at its posterior mean (z_L = μ̂_L,
     /// z_l = μ_q,l of the combination with the prior from the mean above). Reconstructions and
@@ -508,38 +565,13 @@ impl Net<'_, '_> {
     ) -> Result<View> {
         let layers = self.cfg.layers();
         let mut hat = vec![(e.mu.clone(), e.logvar.clone())];
-        for st in &layers.upper {
-            let below = hat.last().expect("z_1's").0.clone();
-            let q = self.gaussian(
-                &st.q_hidden,
-                (&st.q_mu, &st.q_logvar),
-                &below,
-                rows,
-                dispatches,
-            )?;
-            hat.push((q.mu, q.logvar));
-        }
+        let ups = self.bottom_up(&e.mu, rows, dispatches)?;
+        hat.extend(ups.into_iter().map(|q| (q.mu, q.logvar)));
         let kernels = LadderKernels::new(self.gpu)?;
         let mut mean = hat.pop().expect("the top layer's").0;
         for (st, (mu_hat, lv_hat)) in layers.upper.iter().zip(&hat).rev() {
-            let p = self.gaussian(
-                &st.p_hidden,
-                (&st.p_mu, &st.p_logvar),
-                &mean,
-                rows,
-                dispatches,
-            )?;
-            let (mu_q, lv_q) = (
-                self.gpu.zeros("ladder.mean", mu_hat.len)?,
-                self.gpu.zeros("ladder.logvar", mu_hat.len)?,
-            );
-            let inputs = LadderInputs {
-                mu_hat,
-                lv_hat,
-                mu_p: &p.mu,
-                lv_p: &p.logvar,
-            };
-            dispatches.push(kernels.combine(self.gpu, mu_hat.len, &inputs, &mu_q, &lv_q)?);
+            let (_, mu_q, _) =
+                self.posterior_below(st, &kernels, &mean, (mu_hat, lv_hat), rows, dispatches)?;
             mean = mu_q;
         }
         Ok(mean)
@@ -637,17 +669,7 @@ impl Forward {
         let e = net.encode(x_rows, rows)?;
         let mut ops = e.dispatches;
         // Bottom-up Gaussians of every layer.
-        let mut ups = Vec::new();
-        for st in &layers.upper {
-            let below = ups.last().map_or(&e.mu, |q: &Gaussian| &q.mu).clone();
-            ups.push(net.gaussian(
-                &st.q_hidden,
-                (&st.q_mu, &st.q_logvar),
-                &below,
-                rows,
-                &mut ops,
-            )?);
-        }
+        let ups = net.bottom_up(&e.mu, rows, &mut ops)?;
         let hat = |i: usize| -> (View, View) {
             match i.checked_sub(1) {
                 None => (e.mu.clone(), e.logvar.clone()),
@@ -667,26 +689,10 @@ impl Forward {
             let (mu, lv) = if i + 1 == n {
                 (mu_hat, lv_hat)
             } else {
-                let st = &layers.upper[i];
                 let above = z[i + 1].clone().expect("drawn top-down");
-                let p = net.gaussian(
-                    &st.p_hidden,
-                    (&st.p_mu, &st.p_logvar),
-                    &above,
-                    rows,
-                    &mut ops,
-                )?;
-                let (mu, lv) = (
-                    gpu.zeros("ladder.q_mu", mu_hat.len)?,
-                    gpu.zeros("ladder.q_logvar", mu_hat.len)?,
-                );
-                let inputs = LadderInputs {
-                    mu_hat: &mu_hat,
-                    lv_hat: &lv_hat,
-                    mu_p: &p.mu,
-                    lv_p: &p.logvar,
-                };
-                ops.push(kernels.combine(gpu, mu_hat.len, &inputs, &mu, &lv)?);
+                let hat = (&mu_hat, &lv_hat);
+                let (p, mu, lv) =
+                    net.posterior_below(&layers.upper[i], &kernels, &above, hat, rows, &mut ops)?;
                 priors[i] = Some(p);
                 (mu, lv)
             };
