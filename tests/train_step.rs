@@ -405,7 +405,7 @@ fn convolutional_step_matches_cpu_reference() {
             vec![],
         ),
         (
-            gray,
+            gray.clone(),
             Activation::Tanh,
             Likelihood::Bernoulli,
             Objective::Iwae,
@@ -421,6 +421,15 @@ fn convolutional_step_matches_cpu_reference() {
             Likelihood::Gaussian { sigma: 0.5 },
             Objective::Elbo,
             2,
+            vec![],
+        ),
+        // No activation: each convolution is its own pre-activation.
+        (
+            gray,
+            Activation::Identity,
+            Likelihood::Bernoulli,
+            Objective::Elbo,
+            1,
             vec![],
         ),
     ];

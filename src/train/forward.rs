@@ -309,8 +309,8 @@ impl Net<'_, '_> {
 
 impl Net<'_, '_> {
     /// Records convolution layers on `rows` rows of `input`: each with its activation, storing
-    /// its pre-activation, except a last layer without one, which writes `out`. Returns their
-    /// buffers (that last layer's not among them) and the last output.
+    /// its pre-activation (a layer without one is its own), the last writing `out` when given.
+    /// Returns their buffers (but that last layer's) and the last output.
     fn conv_stack(
         &mut self,
         layers: &[ConvLayer],
@@ -321,7 +321,7 @@ impl Net<'_, '_> {
     ) -> Result<(Vec<LayerBuffers>, View)> {
         let mut bufs = Vec::new();
         let mut input = input.clone();
-        for layer in layers {
+        for (i, layer) in layers.iter().enumerate() {
             let cfg = ConvConfig {
                 bias: true,
                 act: layer.act,
@@ -330,12 +330,16 @@ impl Net<'_, '_> {
                 ..ConvConfig::new(layer.transposed, ConvOp::Forward)
             };
             let len = (rows * layer.out_len()) as u64;
-            let (pre, output) = match out {
-                Some(o) if !cfg.store_pre => (None, o.clone()),
-                _ => (
-                    Some(self.gpu.zeros(&format!("{}.pre", layer.name), len)?),
-                    self.gpu.zeros(&format!("{}.out", layer.name), len)?,
-                ),
+            let last_out = out.filter(|_| i + 1 == layers.len());
+            let output = match last_out {
+                Some(o) => o.clone(),
+                None => self.gpu.zeros(&format!("{}.out", layer.name), len)?,
+            };
+            // Without an activation the output is its own pre-activation (act′ = 1 reads none).
+            let pre = if cfg.store_pre {
+                Some(self.gpu.zeros(&format!("{}.pre", layer.name), len)?)
+            } else {
+                last_out.is_none().then(|| output.clone())
             };
             let (w, b) = (
                 tensor(self.params, self.layout, &layer.weight()),
