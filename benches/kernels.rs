@@ -13,8 +13,9 @@
 //! - `VAE_BENCH=substring` keeps the rows whose "shape device kernel" contains it;
 //! - `VAE_BENCH_CPU=1` also prints GFLOP per CPU-second of this process, a figure that other load
 //!   on the host disturbs far less than wall-clock time;
-//! - `VAE_BENCH_TILED_SRC=file.wgsl` / `VAE_BENCH_SUBGROUP_SRC=file.wgsl` run that file instead of
-//!   the built-in kernel (same bindings and overrides), with `VAE_BENCH_TILE=RxC` its rows ×
+//! - `VAE_BENCH_TILED_SRC=file.wgsl` / `VAE_BENCH_SUBGROUP_SRC` / `VAE_BENCH_SUBGROUP_VEC4_SRC`
+//!   run that file instead of the variant's own (the tiled kernel, or the subgroup kernel's operand
+//!   reader; same bindings and overrides), with `VAE_BENCH_TILE=RxC` its rows ×
 //!   columns of C per workgroup.
 
 use std::time::Instant;
@@ -124,7 +125,10 @@ fn bench_gpu(
     secs: f64,
 ) -> gpu::Result<Row> {
     // VAE_BENCH_TILED_SRC / VAE_BENCH_SUBGROUP_SRC: a WGSL file to try instead of the built-in one.
-    let var = format!("VAE_BENCH_{}_SRC", variant.name().to_uppercase());
+    let var = format!(
+        "VAE_BENCH_{}_SRC",
+        variant.name().to_uppercase().replace('.', "_")
+    );
     let source = std::env::var(var)
         .ok()
         .map(|p| std::fs::read_to_string(p).expect("shader file"));

@@ -3,9 +3,9 @@
 // (the buffer is padded to a multiple of 4; consecutive invocations walk contiguous memory).
 //
 // Two entry points share the update: `step` reads the four inputs from storage buffers,
-// `step_textured` from `r32float` textures the host copies them into first (where per-lane
-// storage loads are slow, as on lavapipe: 4 reads of 2.6 MB cost ~8 ms there, the copies and
-// image loads ~2 ms). Both write the storage buffers.
+// `step_textured` from `rgba32float` textures the host copies them into first, one vec4 per
+// image load (where per-lane storage loads are slow, as on lavapipe: 4 reads of 2.6 MB cost ~8 ms
+// there, the copies and scalar image loads ~2.5-3 ms). Both write the storage buffers.
 
 struct Params {
     lr: f32,
@@ -35,10 +35,10 @@ struct Params {
 // Sum of squared gradients (from reduce.wgsl) when clipping.
 @group(0) @binding(5) var<storage, read> grad_sumsq: array<f32>;
 // `step_textured`: the same values as param, grad, m1, m2 before the step.
-@group(0) @binding(6) var param_in: texture_storage_2d<r32float, read>;
-@group(0) @binding(7) var grad_in: texture_storage_2d<r32float, read>;
-@group(0) @binding(8) var m1_in: texture_storage_2d<r32float, read>;
-@group(0) @binding(9) var m2_in: texture_storage_2d<r32float, read>;
+@group(0) @binding(6) var param_in: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(7) var grad_in: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(8) var m1_in: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(9) var m2_in: texture_storage_2d<rgba32float, read>;
 
 // AdamW (decoupled decay, p *= 1 - lr*wd) when true; Adam with L2 (g += wd*p) when false.
 override DECOUPLED: bool = false;
@@ -87,21 +87,16 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     store(i, update(param[i], grad[i], m1[i], m2[i]));
 }
 
-// Input `which` (0 param, 1 grad, 2 m1, 3 m2) at texel x. (GLSL forbids texture parameters.)
-fn texel(which: u32, x: vec2<u32>) -> f32 {
-    switch (which) {
-        case 0u: { return textureLoad(param_in, x).x; }
-        case 1u: { return textureLoad(grad_in, x).x; }
-        case 2u: { return textureLoad(m1_in, x).x; }
-        default: { return textureLoad(m2_in, x).x; }
-    }
-}
-
-// Texels 4i..4i+3 lie in one row: rows are a multiple of 4 wide.
+// Elements 4i..4i+3 of input `which` (0 param, 1 grad, 2 m1, 3 m2): texel i. (GLSL forbids
+// texture parameters, hence the switch.)
 fn texel4(which: u32, i: u32) -> vec4<f32> {
-    let x = vec2((4u * i) & ((1u << params.tex_shift) - 1u), (4u * i) >> params.tex_shift);
-    return vec4(texel(which, x), texel(which, x + vec2(1u, 0u)), texel(which, x + vec2(2u, 0u)),
-                texel(which, x + vec2(3u, 0u)));
+    let x = vec2(i & ((1u << params.tex_shift) - 1u), i >> params.tex_shift);
+    switch (which) {
+        case 0u: { return textureLoad(param_in, x); }
+        case 1u: { return textureLoad(grad_in, x); }
+        case 2u: { return textureLoad(m1_in, x); }
+        default: { return textureLoad(m2_in, x); }
+    }
 }
 
 @compute @workgroup_size(WG)

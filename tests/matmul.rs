@@ -175,6 +175,12 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (4, 8, 12),
     (128, 400, 784),
     (784, 400, 128),
+    // Multiples of 4 along every operand's rows (the vec4 kernel's texels) that are not tile
+    // multiples: partial 32×64 tiles, K not a multiple of 32, and in TN a K tail (K = 33).
+    (36, 68, 20),
+    (132, 4, 8),
+    (4, 100, 33 * 4),
+    (100, 44, 33),
 ];
 
 #[test]
@@ -186,6 +192,9 @@ fn layouts_match_the_cpu_reference_on_every_variant() {
                 let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
                 assert_eq!(matmul.variant(), variant);
                 for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
+                    if !variant.fits(layout, m as u32, n as u32, k as u32) {
+                        continue;
+                    }
                     let case = Case::random(&cfg, m, n, k, 100 + i as u64);
                     check(&gpu, &matmul, &case, "product");
                 }
@@ -248,7 +257,7 @@ fn fused_epilogues_match_the_cpu_reference() {
     // does not depend on the layout, so each config runs in one layout, in turn (every layout is
     // covered by the product test): a pipeline per config and variant keeps the driver's shader
     // compiles (about a second each on lavapipe) within reason.
-    let shapes = [(37, 33, 65), (64, 40, 36)];
+    let shapes = [(37, 33, 65), (64, 40, 36), (36, 20, 52)];
     for gpu in all_gpus() {
         for variant in MatmulVariant::available(&gpu) {
             for (i, cfg) in configs.into_iter().enumerate() {
@@ -258,6 +267,9 @@ fn fused_epilogues_match_the_cpu_reference() {
                 };
                 let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
                 for (j, &(m, n, k)) in shapes.iter().enumerate() {
+                    if !variant.fits(cfg.layout, m as u32, n as u32, k as u32) {
+                        continue;
+                    }
                     let case = Case::random(&cfg, m, n, k, 7 + j as u64);
                     check(&gpu, &matmul, &case, "epilogue");
                 }
@@ -270,7 +282,7 @@ fn fused_epilogues_match_the_cpu_reference() {
 fn edge_values() {
     // Exact zeros, ±1e3 magnitudes with mixed signs (sums up to ~1e8 that cancel), and a
     // sparse mix: the bound scales with |A||B|, so zeros must come out exact.
-    let shapes = [(33, 47, 129), (32, 64, 36)];
+    let shapes = [(33, 47, 129), (32, 64, 36), (36, 20, 44)];
     for gpu in all_gpus() {
         for variant in MatmulVariant::available(&gpu) {
             for layout in Layout::ALL {
@@ -281,6 +293,9 @@ fn edge_values() {
                 };
                 let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
                 for &(m, n, k) in &shapes {
+                    if !variant.fits(layout, m as u32, n as u32, k as u32) {
+                        continue;
+                    }
                     let mut rng = Lcg(3);
                     let zeros = Case {
                         m,
@@ -333,18 +348,23 @@ fn edge_values() {
 
 #[test]
 fn huge_grids_fold_under_the_dispatch_limit() {
-    // 1×1 · 1×N with N past 65535 workgroups of either kernel (64 and 32 columns each).
-    let n = 4_200_001;
+    // 1×K · K×N with N past 65535 workgroups of every kernel (64 columns each); K = 4 and N a
+    // multiple of 4 for the vec4 kernel, whose B texture then needs rows wider than 64 texels.
     for gpu in all_gpus() {
         for variant in MatmulVariant::available(&gpu) {
+            let (n, k) = if variant.fits(Layout::NN, 1, 4_200_001, 1) {
+                (4_200_001, 1)
+            } else {
+                (4_200_000, 4)
+            };
             let cfg = MatmulConfig::new(Layout::NN);
             let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
-            let b: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
+            let b: Vec<f32> = (0..n * k).map(|i| (i % 1000) as f32).collect();
             let case = Case {
                 m: 1,
                 n,
-                k: 1,
-                a: vec![-0.5],
+                k,
+                a: vec![-0.5; k],
                 b,
                 bias: None,
                 aux: None,
@@ -388,6 +408,21 @@ fn bad_bindings_are_typed_errors() {
                 Some(MatmulVariant::Subgroup),
             );
             assert!(matches!(e, Err(GpuError::Shape { .. })), "{e:?}");
+        }
+        if gpu.has_subgroups() {
+            // The vec4 kernel reads whole texels: K = 5 in NN is a named error, not a wrong product.
+            let vec4 = Matmul::new(
+                &gpu,
+                MatmulConfig::new(Layout::NN),
+                Some(MatmulVariant::SubgroupVec4),
+            )
+            .unwrap();
+            let v = |len| gpu.zeros("v", len).unwrap();
+            let e = vec4.bind(&gpu, 4, 4, 5, &v(20), &v(20), &v(16), None, None);
+            assert!(
+                matches!(&e, Err(GpuError::Shape { reason, .. }) if reason.contains("vec4")),
+                "{e:?}"
+            );
         }
         let both = MatmulConfig {
             store_pre: true,
@@ -486,6 +521,9 @@ fn weight_gradient_writes_the_bias_gradient() {
         (64, 40, 36),
         (127, 3, 5),
         (1, 1, 1),
+        (36, 20, 33),
+        (32, 8, 5),
+        (28, 12, 128),
     ];
     for gpu in all_gpus() {
         for variant in MatmulVariant::available(&gpu) {
@@ -497,6 +535,9 @@ fn weight_gradient_writes_the_bias_gradient() {
                 };
                 let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
                 for (j, &(m, n, k)) in shapes.iter().enumerate() {
+                    if !variant.fits(cfg.layout, m as u32, n as u32, k as u32) {
+                        continue;
+                    }
                     let mut rng = Lcg(40 + j as u64);
                     let a = rng.vec(k * m, -1.0, 1.0);
                     let mut b = rng.vec(k * n, -1.0, 1.0);

@@ -100,6 +100,13 @@ fn a_corrupt_or_stale_cache_is_retuned() {
     // A cached choice that is no longer a candidate (a kernel removed) is timed again.
     assert_eq!(gpu.tuned("x", &["a", "c"], times).unwrap(), "a");
     assert_eq!(timed.get(), 4);
+    // A new candidate (a kernel added since) is timed too, even though the choice still exists.
+    let faster = |name: &str, _: Option<f64>| {
+        timed.set(timed.get() + 1);
+        Ok(if name == "d" { 0.5 } else { 3.0 })
+    };
+    assert_eq!(gpu.tuned("x", &["a", "c", "d"], faster).unwrap(), "d");
+    assert_eq!(timed.get(), 7);
 }
 
 #[test]

@@ -10,6 +10,8 @@ pub enum Slot {
     ReadWrite,
     /// A 2-D `r32float` storage texture, read only (see [`TexelCopy`]).
     ReadTexture,
+    /// A 2-D `rgba32float` storage texture, read only: four consecutive elements per texel.
+    ReadTexture4,
 }
 
 /// A compiled compute pipeline and its bind-group layout.
@@ -54,17 +56,37 @@ pub struct TexelCopy {
     pub texture: wgpu::Texture,
 }
 
+fn texel_format(vec4: bool) -> wgpu::TextureFormat {
+    if vec4 {
+        wgpu::TextureFormat::Rgba32Float
+    } else {
+        wgpu::TextureFormat::R32Float
+    }
+}
+
 impl TexelCopy {
-    /// log2 of the row width: element `i` is texel `(i & (width - 1), i >> shift)`.
+    /// log2 of the row width in texels: texel `t` is at `(t & (width - 1), t >> shift)`, and
+    /// holds elements `t·lanes .. t·lanes + lanes - 1`.
     pub fn shift(&self) -> u32 {
         self.texture.width().trailing_zeros()
     }
 
+    /// Elements per texel: 1 (`r32float`) or 4 (`rgba32float`).
+    pub fn lanes(&self) -> u64 {
+        if self.texture.format() == wgpu::TextureFormat::Rgba32Float {
+            4
+        } else {
+            1
+        }
+    }
+
     fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        let lanes = self.lanes();
         let width = self.texture.width() as u64;
-        let rows = self.src.len / width;
+        let texels = self.src.len / lanes;
+        let rows = texels / width;
         // The whole rows, then the partial last one.
-        for (y, w, h) in [(0, width, rows), (rows, self.src.len % width, 1)] {
+        for (y, w, h) in [(0, width, rows), (rows, texels % width, 1)] {
             if w == 0 || h == 0 {
                 continue;
             }
@@ -72,8 +94,8 @@ impl TexelCopy {
                 wgpu::TexelCopyBufferInfo {
                     buffer: &self.src.buffer,
                     layout: wgpu::TexelCopyBufferLayout {
-                        offset: (self.src.offset + y * width) * 4,
-                        bytes_per_row: Some(width as u32 * 4),
+                        offset: (self.src.offset + y * width * lanes) * 4,
+                        bytes_per_row: Some((width * lanes) as u32 * 4),
                         rows_per_image: None,
                     },
                 },
@@ -150,9 +172,9 @@ impl Gpu {
                         has_dynamic_offset: false,
                         min_binding_size: None,
                     },
-                    Slot::ReadTexture => wgpu::BindingType::StorageTexture {
+                    Slot::ReadTexture | Slot::ReadTexture4 => wgpu::BindingType::StorageTexture {
                         access: wgpu::StorageTextureAccess::ReadOnly,
-                        format: wgpu::TextureFormat::R32Float,
+                        format: texel_format(*slot == Slot::ReadTexture4),
                         view_dimension: wgpu::TextureViewDimension::D2,
                     },
                 },
@@ -286,16 +308,30 @@ impl Gpu {
     /// A texture to receive `src` (see [`TexelCopy`]): rows of 64 texels, or wider where the
     /// adapter's texture height limit needs it.
     pub fn texel_copy(&self, label: &str, src: &View) -> Result<TexelCopy> {
+        self.texel_copy_as(label, src, false)
+    }
+
+    /// As [`Gpu::texel_copy`], into an `rgba32float` texture with `vec4` (`src.len` a multiple
+    /// of 4), or `r32float` without.
+    pub fn texel_copy_as(&self, label: &str, src: &View, vec4: bool) -> Result<TexelCopy> {
+        let lanes = if vec4 { 4 } else { 1 };
+        if src.len % lanes != 0 {
+            return Err(GpuError::Shape {
+                kernel: label.to_string(),
+                reason: format!("{} elements do not fill whole vec4 texels", src.len),
+            });
+        }
+        let texels = src.len / lanes;
         let max = self.limits.max_texture_dimension_2d as u64;
         let mut width = 64u64;
-        while src.len.div_ceil(width) > max && width < max {
+        while texels.div_ceil(width) > max && width < max {
             width *= 2;
         }
-        let rows = src.len.div_ceil(width).max(1);
+        let rows = texels.div_ceil(width).max(1);
         if rows > max || width > max {
             return Err(GpuError::AdapterTooSmall {
                 adapter: self.info.name.clone(),
-                what: format!("texture `{label}` ({} texels)", src.len),
+                what: format!("texture `{label}` ({texels} texels)"),
                 limit: "max_texture_dimension_2d",
                 need: rows.max(width),
                 have: max,
@@ -311,7 +347,7 @@ impl Gpu {
             mip_level_count: 1,
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
-            format: wgpu::TextureFormat::R32Float,
+            format: texel_format(vec4),
             usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
             view_formats: &[],
         });

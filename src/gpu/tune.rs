@@ -149,7 +149,11 @@ impl Gpu {
         mut seconds: impl FnMut(&str, Option<f64>) -> Result<f64>,
     ) -> Result<String> {
         let full = format!("{} | {key}", self.tune_prefix());
-        let valid = |e: &TuneEntry| candidates.contains(&e.choice.as_str());
+        // An entry that did not time every candidate (a kernel variant added since) is retuned.
+        let valid = |e: &TuneEntry| {
+            candidates.contains(&e.choice.as_str())
+                && candidates.iter().all(|c| e.seconds.contains_key(*c))
+        };
         if let Some(e) = self.tune.get(&full).filter(|e| valid(e)) {
             return Ok(e.choice);
         }

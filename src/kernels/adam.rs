@@ -15,14 +15,14 @@ const SLOTS: &[Slot] = &[
     Slot::Read,
 ];
 /// `step_textured` also reads param, grad, m1 and m2 through these.
-const TEXTURE_SLOTS: [Slot; 4] = [Slot::ReadTexture; 4];
+const TEXTURE_SLOTS: [Slot; 4] = [Slot::ReadTexture4; 4];
 
 /// Where the optimizer reads its four inputs from; it always writes the storage buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AdamReads {
     /// Straight from the storage buffers.
     Buffers,
-    /// From `r32float` textures the buffers are copied into before the dispatch: several times
+    /// From `rgba32float` textures the buffers are copied into before the dispatch: several times
     /// faster where per-lane storage loads are slow (software adapters).
     Textures,
 }
@@ -207,7 +207,7 @@ impl AdamKernel {
             AdamReads::Buffers => Vec::new(),
             AdamReads::Textures => [bufs.param, bufs.grad, bufs.m1, bufs.m2]
                 .iter()
-                .map(|v| gpu.texel_copy(label, v))
+                .map(|v| gpu.texel_copy_as(label, v, true))
                 .collect::<Result<Vec<_>>>()?,
         };
         let tex_shift = copies.first().map_or(0, |c| c.shift());

@@ -41,6 +41,14 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
         "matmul_subgroup.wgsl",
         include_str!("../../shaders/matmul_subgroup.wgsl"),
     ),
+    (
+        "subgroup_texels.wgsl",
+        include_str!("../../shaders/subgroup_texels.wgsl"),
+    ),
+    (
+        "subgroup_texels_vec4.wgsl",
+        include_str!("../../shaders/subgroup_texels_vec4.wgsl"),
+    ),
     ("random.wgsl", include_str!("../../shaders/random.wgsl")),
     ("reduce.wgsl", include_str!("../../shaders/reduce.wgsl")),
     ("sample.wgsl", include_str!("../../shaders/sample.wgsl")),
@@ -63,7 +71,10 @@ pub fn shader_file(name: &str) -> &'static str {
 pub fn preludes(family: &str) -> &'static [&'static str] {
     match family {
         "matmul.wgsl" => &["common.wgsl", "matmul_common.wgsl", "tiled_gemm.wgsl"],
-        f if f.starts_with("matmul") => &["common.wgsl", "matmul_common.wgsl"],
+        // The subgroup kernel's families are its operand readers; the kernel itself is shared.
+        f if f.starts_with("subgroup_texels") => {
+            &["common.wgsl", "matmul_common.wgsl", "matmul_subgroup.wgsl"]
+        }
         "conv.wgsl" => &["common.wgsl", "tiled_gemm.wgsl"],
         "sample.wgsl" | "batch.wgsl" => &["common.wgsl", "random.wgsl"],
         _ => &["common.wgsl"],
@@ -131,7 +142,11 @@ pub const MODULES: &[ModuleSpec] = &[
         needs_subgroups: false,
     },
     ModuleSpec {
-        family: "matmul_subgroup.wgsl",
+        family: "subgroup_texels.wgsl",
+        needs_subgroups: true,
+    },
+    ModuleSpec {
+        family: "subgroup_texels_vec4.wgsl",
         needs_subgroups: true,
     },
     ModuleSpec {

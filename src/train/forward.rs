@@ -103,16 +103,16 @@ impl<'g> Matmuls<'g> {
         matmul.bind(gpu, m, n, k, a, b, c, bias, aux)
     }
 
-    /// The variant for an m×n×k product in `layout`: [`MatmulVariant::auto`] unless another
+    /// The variant for an m×n×k product in `layout`: [`MatmulVariant::auto_for`] unless another
     /// available one times faster.
     fn variant(&mut self, layout: Layout, m: u32, n: u32, k: u32) -> Result<MatmulVariant> {
         let gpu = self.gpu;
-        let auto = MatmulVariant::auto(gpu);
+        let auto = MatmulVariant::auto_for(gpu, layout, m, n, k);
         let mut candidates = vec![auto];
         candidates.extend(
             MatmulVariant::available(gpu)
                 .into_iter()
-                .filter(|&v| v != auto),
+                .filter(|&v| v != auto && v.fits(layout, m, n, k)),
         );
         // Tiny products cost the dispatch's fixed overhead whatever the kernel: timing them
         // would only measure noise.
