@@ -315,7 +315,7 @@ impl Gpu {
     /// of 4), or `r32float` without.
     pub fn texel_copy_as(&self, label: &str, src: &View, vec4: bool) -> Result<TexelCopy> {
         let lanes = if vec4 { 4 } else { 1 };
-        if src.len % lanes != 0 {
+        if !src.len.is_multiple_of(lanes) {
             return Err(GpuError::Shape {
                 kernel: label.to_string(),
                 reason: format!("{} elements do not fill whole vec4 texels", src.len),

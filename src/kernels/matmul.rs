@@ -107,9 +107,9 @@ impl MatmulVariant {
     pub fn fits(self, layout: Layout, m: u32, n: u32, k: u32) -> bool {
         self != Self::SubgroupVec4
             || match layout {
-                Layout::NN => k % 4 == 0 && n % 4 == 0,
-                Layout::TN => m % 4 == 0 && n % 4 == 0,
-                Layout::NT => k % 4 == 0,
+                Layout::NN => k.is_multiple_of(4) && n.is_multiple_of(4),
+                Layout::TN => m.is_multiple_of(4) && n.is_multiple_of(4),
+                Layout::NT => k.is_multiple_of(4),
             }
     }
 
