@@ -36,17 +36,17 @@ fn gemm_load_a(m: u32, k: u32) -> f32 {
         return 1.0;
     }
     if (TRANS_A) {
-        return a[k * mm.m + m];
+        return a[a_index(k, m)];
     }
-    return a[m * mm.k + k];
+    return a[a_index(m, k)];
 }
 
 // B: KxN (contiguous along n) or, transposed, NxK (contiguous along k).
 fn gemm_load_b(k: u32, n: u32) -> f32 {
     if (TRANS_B) {
-        return b[n * mm.k + k];
+        return b[b_index(n, k)];
     }
-    return b[k * mm.n + n];
+    return b[b_index(k, n)];
 }
 
 fn gemm_store(row: u32, col: u32, sum: f32) {

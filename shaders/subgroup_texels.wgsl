@@ -2,8 +2,8 @@
 // any M, N, K >= 1. Element i of A (B) is texel (i mod 2^a_shift, i >> a_shift) of `ta` (`tb`).
 // Lane l loads op(A) rows m0 + 8g + l (g < 4) over k .. k+3, so accumulator r is tile row r.
 
-@group(0) @binding(6) var ta: texture_storage_2d<r32float, read>;
-@group(0) @binding(7) var tb: texture_storage_2d<r32float, read>;
+@group(0) @binding(8) var ta: texture_storage_2d<r32float, read>;
+@group(0) @binding(9) var tb: texture_storage_2d<r32float, read>;
 
 fn a_at(i: u32) -> f32 {
     return textureLoad(ta, vec2<u32>(i & ((1u << mm.a_shift) - 1u), i >> mm.a_shift)).x;
@@ -27,10 +27,11 @@ fn load_a(row: u32, k: u32) -> vec4<f32> {
     let k3 = min(k + 3u, kl);
     var v: vec4<f32>;
     if (TRANS_A) {
-        v = vec4<f32>(a_at(k0 * mm.m + r), a_at(k1 * mm.m + r), a_at(k2 * mm.m + r), a_at(k3 * mm.m + r));
+        v = vec4<f32>(a_at(a_index(k0, r)), a_at(a_index(k1, r)), a_at(a_index(k2, r)),
+                      a_at(a_index(k3, r)));
     } else {
-        let base = r * mm.k;
-        v = vec4<f32>(a_at(base + k0), a_at(base + k1), a_at(base + k2), a_at(base + k3));
+        v = vec4<f32>(a_at(a_index(r, k0)), a_at(a_index(r, k1)), a_at(a_index(r, k2)),
+                      a_at(a_index(r, k3)));
     }
     if (COLUMN_SUMS && row == mm.m) {
         v = vec4<f32>(1.0);
@@ -46,10 +47,11 @@ fn load_b_row(k: u32, col: u32) -> vec4<f32> {
     let c2 = min(col + 2u, nl);
     let c3 = min(col + 3u, nl);
     if (TRANS_B) {
-        return vec4<f32>(b_at(c0 * mm.k + k), b_at(c1 * mm.k + k), b_at(c2 * mm.k + k), b_at(c3 * mm.k + k));
+        return vec4<f32>(b_at(b_index(c0, k)), b_at(b_index(c1, k)), b_at(b_index(c2, k)),
+                         b_at(b_index(c3, k)));
     }
-    let base = k * mm.n;
-    return vec4<f32>(b_at(base + c0), b_at(base + c1), b_at(base + c2), b_at(base + c3));
+    return vec4<f32>(b_at(b_index(k, c0)), b_at(b_index(k, c1)), b_at(b_index(k, c2)),
+                     b_at(b_index(k, c3)));
 }
 
 // Column i of the result is op(B)[k + i, col .. col+3] (zero for k + i beyond K), so that

@@ -23,7 +23,9 @@ use vae_wgpu::cpu::activation as act_cpu;
 use vae_wgpu::cpu::matmul as cpu;
 use vae_wgpu::gpu::{Gpu, GpuError};
 use vae_wgpu::kernels::Activation;
-use vae_wgpu::kernels::matmul::{Layout, Matmul, MatmulConfig, MatmulVariant};
+use vae_wgpu::kernels::matmul::{
+    Blocked, ColumnBlocks, Layout, Matmul, MatmulConfig, MatmulVariant,
+};
 
 fn gamma(n: usize) -> f64 {
     let nu = n as f64 * U32;
@@ -71,38 +73,85 @@ impl Case {
 /// Runs `case` through `matmul` and checks C (and the stored pre-activation) against the
 /// reference within the bound derived in the module docs. Returns the worst err/tol.
 fn check(gpu: &Gpu, matmul: &Matmul, case: &Case, what: &str) -> f64 {
+    check_blocked(gpu, matmul, case, what, None)
+}
+
+/// A stored rows×ld matrix as column blocks of `width` at `stride` elements, NaN between blocks
+/// (so a read of the gaps would poison the result).
+fn scatter(dense: &[f32], rows: usize, ld: usize, width: usize, stride: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; (ld / width - 1) * stride + rows * width];
+    for r in 0..rows {
+        for c in 0..ld {
+            out[(c / width) * stride + r * width + c % width] = dense[r * ld + c];
+        }
+    }
+    out
+}
+
+fn gather(blocked: &[f32], rows: usize, ld: usize, width: usize, stride: usize) -> Vec<f32> {
+    let mut out = vec![0.0; rows * ld];
+    for r in 0..rows {
+        for c in 0..ld {
+            out[r * ld + c] = blocked[(c / width) * stride + r * width + c % width];
+        }
+    }
+    out
+}
+
+/// [`check`], with the operands the config blocks stored as column blocks of `width` (strides
+/// of 8 elements more than a block, NaN in between).
+fn check_blocked(gpu: &Gpu, matmul: &Matmul, case: &Case, what: &str, width: Option<usize>) -> f64 {
     let cfg = *matmul.config();
     let (m, n, k) = (case.m, case.n, case.k);
     let name = format!(
-        "{what}: {:?} {m}x{n}x{k} {} on {}",
+        "{what}: {:?} {m}x{n}x{k} {} on {} (blocks of {width:?})",
         cfg,
         matmul.variant().name(),
         gpu.info.name
     );
-    let av = gpu.upload("a", &case.a).unwrap();
-    let bv = gpu.upload("b", &case.b).unwrap();
-    let cv = gpu.upload("c", &case.c_old).unwrap();
-    let biasv = case.bias.as_ref().map(|b| gpu.upload("bias", b).unwrap());
-    let auxv = if cfg.store_pre {
-        Some(gpu.zeros("aux", (m * n) as u64).unwrap())
-    } else {
-        case.aux.as_ref().map(|x| gpu.upload("aux", x).unwrap())
+    let (a_rows, a_ld) = if cfg.layout.trans_a() { (k, m) } else { (m, k) };
+    let (b_rows, b_ld) = if cfg.layout.trans_b() { (n, k) } else { (k, n) };
+    let w = width.unwrap_or(1);
+    let stride = |rows: usize| rows * w + 8;
+    let blocks = width.map(|w| ColumnBlocks {
+        width: w as u32,
+        a: stride(a_rows) as u32,
+        b: stride(b_rows) as u32,
+        c: stride(m) as u32,
+        vector: stride(1) as u32,
+    });
+    let lay = |on: bool, v: &[f32], rows: usize, ld: usize| match (on, width) {
+        (true, Some(w)) => scatter(v, rows, ld, w, stride(rows)),
+        _ => v.to_vec(),
     };
+    let bl = cfg.blocked;
+    let av = gpu.upload("a", &lay(bl.a, &case.a, a_rows, a_ld)).unwrap();
+    let bv = gpu.upload("b", &lay(bl.b, &case.b, b_rows, b_ld)).unwrap();
+    let cv = gpu.upload("c", &lay(bl.c, &case.c_old, m, n)).unwrap();
+    let biasv = (case.bias.as_ref()).map(|b| gpu.upload("bias", &lay(bl.c, b, 1, n)).unwrap());
+    let auxv = if cfg.store_pre {
+        let len = lay(bl.c, &vec![0.0; m * n], m, n).len();
+        Some(gpu.zeros("aux", len as u64).unwrap())
+    } else {
+        (case.aux.as_ref()).map(|x| gpu.upload("aux", &lay(bl.c, x, m, n)).unwrap())
+    };
+    let dims = (m as u32, n as u32, k as u32);
     let dispatch = matmul
-        .bind(
+        .bind_blocked(
             gpu,
-            m as u32,
-            n as u32,
-            k as u32,
-            &av,
-            &bv,
-            &cv,
+            dims,
+            [&av, &bv, &cv],
             biasv.as_ref(),
             auxv.as_ref(),
+            blocks.as_ref(),
         )
         .unwrap();
     gpu.run(&[&dispatch]).unwrap();
-    let got: Vec<f32> = gpu.read(&cv).unwrap();
+    let unlay = |v: Vec<f32>| match (bl.c, width) {
+        (true, Some(w)) => gather(&v, m, n, w, stride(m)),
+        _ => v,
+    };
+    let got = unlay(gpu.read(&cv).unwrap());
 
     let want = cpu::fused(
         &cfg,
@@ -152,7 +201,7 @@ fn check(gpu: &Gpu, matmul: &Matmul, case: &Case, what: &str) -> f64 {
     };
     let worst = assert_close(&name, &got, &want.c, tol);
     if cfg.store_pre {
-        let pre: Vec<f32> = gpu.read(auxv.as_ref().unwrap()).unwrap();
+        let pre = unlay(gpu.read(auxv.as_ref().unwrap()).unwrap());
         assert_close(&format!("{name} (pre-activation)"), &pre, &want.pre, |i| {
             pre_err[i]
         });
@@ -613,4 +662,268 @@ fn column_sums_need_a_plain_product() {
         .bind(&gpu, 4, 4, 4, &v, &v, &v, None, None)
         .expect_err("must fail");
     assert!(err.to_string().contains("pass `aux`"), "{err}");
+}
+
+/// Two heads as one product: operands stored as column blocks (NaN between them), in each
+/// layout with the blocks a training step uses, plus every operand blocked at once; a block width
+/// of 20 (the model's latent: the vec4 kernel runs too) and of 3.
+#[test]
+fn column_blocks_match_the_dense_product() {
+    let nn = MatmulConfig {
+        bias: true,
+        act: Activation::Tanh,
+        store_pre: true,
+        blocked: Blocked {
+            a: true,
+            b: true,
+            c: true,
+        },
+        ..MatmulConfig::new(Layout::NN)
+    };
+    let tn = MatmulConfig {
+        accumulate: true,
+        blocked: Blocked {
+            a: true,
+            b: true,
+            c: true,
+        },
+        ..MatmulConfig::new(Layout::TN)
+    };
+    let nt = MatmulConfig {
+        grad_act: Some(Activation::Relu),
+        accumulate: true,
+        blocked: Blocked {
+            a: true,
+            b: true,
+            c: false,
+        },
+        ..MatmulConfig::new(Layout::NT)
+    };
+    let heads = MatmulConfig {
+        bias: true,
+        blocked: Blocked {
+            a: false,
+            b: true,
+            c: true,
+        },
+        ..MatmulConfig::new(Layout::NN)
+    };
+    for gpu in all_gpus() {
+        for variant in MatmulVariant::available(&gpu) {
+            for cfg in [nn, tn, nt, heads] {
+                let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
+                for (width, free) in [(20, 37), (3, 13)] {
+                    // Every blocked operand two blocks wide; the other dimensions odd.
+                    let two = 2 * width;
+                    let (m, n, k) = match (cfg.layout, cfg.blocked.a) {
+                        (Layout::NN, true) => (free, two, two),
+                        (Layout::NN, false) => (free, two, free + 7),
+                        (Layout::TN, _) => (two, two, free),
+                        (Layout::NT, _) => (free, free + 3, two),
+                    };
+                    let stride = |rows: usize| (rows * width + 8) as u32;
+                    let blocks = ColumnBlocks {
+                        width: width as u32,
+                        a: stride(if cfg.layout.trans_a() { k } else { m }),
+                        b: stride(if cfg.layout.trans_b() { n } else { k }),
+                        c: stride(m),
+                        vector: stride(1),
+                    };
+                    let dims = (m as u32, n as u32, k as u32);
+                    if !variant.fits_blocks(cfg.layout, dims.0, dims.1, dims.2, Some(&blocks)) {
+                        continue;
+                    }
+                    let case = Case::random(&cfg, m, n, k, 60 + width as u64);
+                    check_blocked(&gpu, &matmul, &case, "column blocks", Some(width));
+                }
+            }
+        }
+    }
+}
+
+/// The heads' weight gradient: dW of both heads and their bias gradients (column sums) in one TN
+/// pass, each written to its own block.
+#[test]
+fn blocked_weight_gradient_writes_each_heads_bias_gradient() {
+    let cfg = MatmulConfig {
+        column_sums: true,
+        blocked: Blocked {
+            a: false,
+            b: true,
+            c: true,
+        },
+        ..MatmulConfig::new(Layout::TN)
+    };
+    let (m, k, width) = (36, 33, 20);
+    let n = 2 * width;
+    for gpu in all_gpus() {
+        for variant in MatmulVariant::available(&gpu) {
+            let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
+            let mut rng = Lcg(77);
+            let a = rng.vec(k * m, -1.0, 1.0);
+            let b = rng.vec(k * n, -1.0, 1.0);
+            let (bs, cs, vs) = (k * width + 8, m * width + 8, width + 8);
+            let blocks = ColumnBlocks {
+                width: width as u32,
+                b: bs as u32,
+                c: cs as u32,
+                vector: vs as u32,
+                ..Default::default()
+            };
+            let av = gpu.upload("a", &a).unwrap();
+            let bv = gpu.upload("b", &scatter(&b, k, n, width, bs)).unwrap();
+            let cv = gpu
+                .upload("c", &scatter(&vec![0.0; m * n], m, n, width, cs))
+                .unwrap();
+            let sv = gpu
+                .upload("sums", &scatter(&vec![0.0; n], 1, n, width, vs))
+                .unwrap();
+            let d = matmul
+                .bind_blocked(
+                    &gpu,
+                    (m as u32, n as u32, k as u32),
+                    [&av, &bv, &cv],
+                    None,
+                    Some(&sv),
+                    Some(&blocks),
+                )
+                .unwrap();
+            gpu.run(&[&d]).unwrap();
+            let name = format!("{} on {}", variant.name(), gpu.info.name);
+            let want = cpu::matmul(Layout::TN, m, n, k, &a, &b);
+            let scale = cpu::matmul_abs(Layout::TN, m, n, k, &a, &b);
+            let got = gather(&gpu.read(&cv).unwrap(), m, n, width, cs);
+            assert_close(&format!("{name}: weights"), &got, &want, |i| {
+                gamma(k) * scale[i] + 1e-30
+            });
+            let b = &b;
+            let col = |c: usize| (0..k).map(move |r| b[r * n + c] as f64);
+            let want: Vec<f64> = (0..n).map(|c| col(c).sum()).collect();
+            let abs: Vec<f64> = (0..n).map(|c| col(c).map(f64::abs).sum()).collect();
+            let got = gather(&gpu.read(&sv).unwrap(), 1, n, width, vs);
+            assert_close(&format!("{name}: column sums"), &got, &want, |i| {
+                gamma(k) * abs[i] + 1e-30
+            });
+        }
+    }
+}
+
+#[test]
+fn bad_column_blocks_are_typed_errors() {
+    let gpu = all_gpus().remove(0);
+    let cfg = MatmulConfig {
+        blocked: Blocked {
+            a: false,
+            b: true,
+            c: false,
+        },
+        ..MatmulConfig::new(Layout::NN)
+    };
+    let mm = Matmul::new(&gpu, cfg, Some(MatmulVariant::Tiled)).unwrap();
+    let v = gpu.zeros("v", 4096).unwrap();
+    let dims = (4, 8, 4);
+    let bind = |blocks: Option<&ColumnBlocks>| {
+        mm.bind_blocked(&gpu, dims, [&v, &v, &v], None, None, blocks)
+            .expect_err("must fail")
+            .to_string()
+    };
+    assert!(bind(None).contains("pass them"));
+    // 8 columns in blocks of 3; blocks of 4 that overlap (stride 8 < 4 rows · 4).
+    for (width, stride) in [(3, 64), (4, 8)] {
+        let b = ColumnBlocks {
+            width,
+            b: stride,
+            ..Default::default()
+        };
+        assert!(bind(Some(&b)).contains("do not tile"), "{}", bind(Some(&b)));
+    }
+    let plain = Matmul::new(&gpu, MatmulConfig::new(Layout::NN), None).unwrap();
+    let e = plain
+        .bind_blocked(
+            &gpu,
+            dims,
+            [&v, &v, &v],
+            None,
+            None,
+            Some(&ColumnBlocks::default()),
+        )
+        .expect_err("must fail");
+    assert!(e.to_string().contains("no blocked operand"), "{e}");
+}
+
+/// The reparameterization's backward in the epilogue of the product forming dz: dμ += dz and
+/// dlogσ² += dz·ε·exp(logσ²/2)/2, against the reference in f64, with logσ² from −30 to 30.
+/// Tolerance: dz as a K-term product (γ_K·|A||B|), scaled by s = ε·exp(logσ²/2)/2 whose exp
+/// carries (8 + 4|x|)·u relative error (as tests/activation.rs), three more roundings of the
+/// product, and one of each sum.
+#[test]
+fn reparam_epilogue_matches_the_sample_backward() {
+    let cfg = MatmulConfig {
+        accumulate: true,
+        reparam: true,
+        ..MatmulConfig::new(Layout::NT)
+    };
+    let (m, n, k) = (37, 20, 44);
+    for gpu in all_gpus() {
+        for variant in MatmulVariant::available(&gpu) {
+            let matmul = Matmul::new(&gpu, cfg, Some(variant)).unwrap();
+            let mut rng = Lcg(91);
+            let a = rng.vec(m * k, -1.0, 1.0);
+            let b = rng.vec(n * k, -1.0, 1.0);
+            let eps = rng.vec(m * n, -3.0, 3.0);
+            let mut logvar = rng.vec(m * n, -4.0, 4.0);
+            logvar[0] = -30.0;
+            logvar[1] = 30.0;
+            logvar[2] = 0.0;
+            let dmu_old = rng.vec(m * n, -1.0, 1.0);
+            let dlv_old = rng.vec(m * n, -1.0, 1.0);
+            let up = |name, v: &[f32]| gpu.upload(name, v).unwrap();
+            let (av, bv) = (up("a", &a), up("b", &b));
+            let (dmu, dlv) = (up("dmu", &dmu_old), up("dlogvar", &dlv_old));
+            let (ev, lv) = (up("eps", &eps), up("logvar", &logvar));
+            let d = matmul
+                .bind_reparam(
+                    &gpu,
+                    (m as u32, n as u32, k as u32),
+                    [&av, &bv],
+                    [&dmu, &dlv],
+                    [&ev, &lv],
+                    None,
+                )
+                .unwrap();
+            gpu.run(&[&d]).unwrap();
+            let name = format!("reparam {} on {}", variant.name(), gpu.info.name);
+            let dz = cpu::matmul(Layout::NT, m, n, k, &a, &b);
+            let dz_err: Vec<f64> = cpu::matmul_abs(Layout::NT, m, n, k, &a, &b)
+                .iter()
+                .map(|s| gamma(k) * s + 1e-30)
+                .collect();
+            let want: Vec<f64> = (0..m * n).map(|i| dmu_old[i] as f64 + dz[i]).collect();
+            let got: Vec<f32> = gpu.read(&dmu).unwrap();
+            assert_close(&format!("{name}: dmu"), &got, &want, |i| {
+                dz_err[i] + U32 * want[i].abs()
+            });
+            let scale = |i: usize| eps[i] as f64 * 0.5 * (0.5 * logvar[i] as f64).exp();
+            let want: Vec<f64> = (0..m * n)
+                .map(|i| dlv_old[i] as f64 + dz[i] * scale(i))
+                .collect();
+            let got: Vec<f32> = gpu.read(&dlv).unwrap();
+            assert_close(&format!("{name}: dlogvar"), &got, &want, |i| {
+                let x = (0.5 * logvar[i] as f64).abs();
+                let prod = (dz[i] * scale(i)).abs();
+                scale(i).abs() * dz_err[i] + (11.0 + 4.0 * x) * U32 * prod + U32 * want[i].abs()
+            });
+        }
+    }
+}
+
+#[test]
+fn reparam_needs_an_accumulating_product() {
+    let gpu = all_gpus().remove(0);
+    let cfg = MatmulConfig {
+        reparam: true,
+        ..MatmulConfig::new(Layout::NT)
+    };
+    let err = Matmul::new(&gpu, cfg, None).expect_err("must fail");
+    assert!(err.to_string().contains("accumulate"), "{err}");
 }

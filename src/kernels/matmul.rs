@@ -105,12 +105,31 @@ impl MatmulVariant {
     /// texels along each operand's rows, so those must be multiples of 4 (NN: K and N; TN: M and
     /// N; NT: K).
     pub fn fits(self, layout: Layout, m: u32, n: u32, k: u32) -> bool {
+        self.fits_blocks(layout, m, n, k, None)
+    }
+
+    /// As [`MatmulVariant::fits`], with the column blocks of a blocked product: for the vec4
+    /// kernel, no texel may straddle two blocks (width and strides multiples of 4).
+    pub fn fits_blocks(
+        self,
+        layout: Layout,
+        m: u32,
+        n: u32,
+        k: u32,
+        blocks: Option<&ColumnBlocks>,
+    ) -> bool {
+        let whole = |b: &ColumnBlocks| {
+            [b.width, b.a, b.b, b.c, b.vector]
+                .iter()
+                .all(|v| v.is_multiple_of(4))
+        };
         self != Self::SubgroupVec4
-            || match layout {
-                Layout::NN => k.is_multiple_of(4) && n.is_multiple_of(4),
-                Layout::TN => m.is_multiple_of(4) && n.is_multiple_of(4),
-                Layout::NT => k.is_multiple_of(4),
-            }
+            || blocks.is_none_or(whole)
+                && match layout {
+                    Layout::NN => k.is_multiple_of(4) && n.is_multiple_of(4),
+                    Layout::TN => m.is_multiple_of(4) && n.is_multiple_of(4),
+                    Layout::NT => k.is_multiple_of(4),
+                }
     }
 
     pub fn name(self) -> &'static str {
@@ -141,6 +160,41 @@ pub struct MatmulConfig {
     /// with [`Layout::TN`] the bias gradient, formed in the weight-gradient pass as a virtual
     /// row of ones in op(A). Only for plain products (no bias, activation or `aux` use).
     pub column_sums: bool,
+    /// Operands stored as column blocks ([`ColumnBlocks`], given at bind time).
+    pub blocked: Blocked,
+    /// The product is dz for z = μ + exp(logσ²/2)·ε: C += dz (dμ) and
+    /// aux += dz·ε·exp(logσ²/2)/2 (dlogσ²), ε and logσ² bound by [`Matmul::bind_reparam`].
+    /// Needs `accumulate` and nothing else that uses `aux`.
+    pub reparam: bool,
+}
+
+/// Which operands' stored columns come in blocks: two heads on one input run as one product
+/// although their weights, biases, outputs and gradients lie apart. With `c`, `aux` (when m×n)
+/// is laid out as C and the bias or column sums as blocks of the per-column vector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Blocked {
+    pub a: bool,
+    pub b: bool,
+    pub c: bool,
+}
+
+impl Blocked {
+    fn any(&self) -> bool {
+        self.a || self.b || self.c
+    }
+}
+
+/// The column blocks of [`Blocked`] operands: a stored row-major matrix `ld` columns wide (`ld`
+/// a multiple of `width`) whose block j, its columns `j·width ..`, is a row-major rows×width
+/// matrix at element `j·stride` of the bound view. `vector` spaces the blocks of the bias or
+/// column sums (blocked with C).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ColumnBlocks {
+    pub width: u32,
+    pub a: u32,
+    pub b: u32,
+    pub c: u32,
+    pub vector: u32,
 }
 
 impl MatmulConfig {
@@ -154,6 +208,8 @@ impl MatmulConfig {
             grad_act: None,
             accumulate: false,
             column_sums: false,
+            blocked: Blocked::default(),
+            reparam: false,
         }
     }
 
@@ -178,15 +234,25 @@ impl MatmulConfig {
         if self.column_sums {
             s += "+colsums";
         }
+        if self.reparam {
+            s += "+reparam";
+        }
+        if self.blocked.any() {
+            let Blocked { a, b, c } = self.blocked;
+            let names = [(a, "a"), (b, "b"), (c, "c")];
+            let which: String = names.iter().filter(|(f, _)| *f).map(|(_, n)| *n).collect();
+            s += &format!("+blocks({which})");
+        }
         s
     }
 
-    /// Length of `aux` for an m×n product, if the config uses it.
-    fn aux_len(&self, m: u64, n: u64) -> Option<u64> {
+    /// Length of `aux`, if the config uses it: laid out as C (`c_len`) or as the per-column
+    /// vector (`vector_len`, the column sums).
+    fn aux_len(&self, c_len: u64, vector_len: u64) -> Option<u64> {
         if self.column_sums {
-            Some(n)
-        } else if self.store_pre || self.grad_act.is_some() {
-            Some(m * n)
+            Some(vector_len)
+        } else if self.store_pre || self.grad_act.is_some() || self.reparam {
+            Some(c_len)
         } else {
             None
         }
@@ -207,6 +273,10 @@ impl MatmulConfig {
             ),
             ("ACCUMULATE", flag(self.accumulate)),
             ("COLUMN_SUMS", flag(self.column_sums)),
+            ("BLOCKED_A", flag(self.blocked.a)),
+            ("BLOCKED_B", flag(self.blocked.b)),
+            ("BLOCKED_C", flag(self.blocked.c)),
+            ("REPARAM", flag(self.reparam)),
         ]
     }
 }
@@ -215,7 +285,7 @@ impl MatmulConfig {
 const TILED_TILE: (u32, u32) = (64, 64);
 const SUBGROUP_TILE: (u32, u32) = (32, 64);
 
-/// The tiled kernel: params, A, B, C, bias, aux.
+/// The tiled kernel: params, A, B, C, bias, aux, and the reparameterization's ε and logσ².
 const TILED_SLOTS: &[Slot] = &[
     Slot::Uniform,
     Slot::Read,
@@ -223,6 +293,8 @@ const TILED_SLOTS: &[Slot] = &[
     Slot::ReadWrite,
     Slot::Read,
     Slot::ReadWrite,
+    Slot::Read,
+    Slot::Read,
 ];
 
 /// The subgroup kernel: the same, then A and B copied into textures (A and B stay bound unread).
@@ -233,6 +305,8 @@ const SUBGROUP_SLOTS: &[Slot] = &[
     Slot::ReadWrite,
     Slot::Read,
     Slot::ReadWrite,
+    Slot::Read,
+    Slot::Read,
     Slot::ReadTexture,
     Slot::ReadTexture,
 ];
@@ -245,6 +319,8 @@ const SUBGROUP_VEC4_SLOTS: &[Slot] = &[
     Slot::ReadWrite,
     Slot::Read,
     Slot::ReadWrite,
+    Slot::Read,
+    Slot::Read,
     Slot::ReadTexture4,
     Slot::ReadTexture4,
 ];
@@ -260,7 +336,12 @@ struct Params {
     /// log2 of the row widths of the A and B textures (subgroup kernel).
     a_shift: u32,
     b_shift: u32,
-    _pad: u32,
+    block: u32,
+    a_stride: u32,
+    b_stride: u32,
+    c_stride: u32,
+    v_stride: u32,
+    _pad: [u32; 3],
 }
 
 /// One matmul configuration with its compiled pipeline.
@@ -316,6 +397,17 @@ impl Matmul {
                     .into(),
             });
         }
+        let aux_users = usize::from(cfg.store_pre)
+            + usize::from(cfg.grad_act.is_some())
+            + usize::from(cfg.column_sums);
+        if cfg.reparam && (!cfg.accumulate || aux_users > 0 || cfg.blocked.c) {
+            return Err(GpuError::Shape {
+                kernel: label,
+                reason: "the reparameterization's backward adds into C and `aux`: it needs \
+                         `accumulate` and excludes other uses of `aux` and blocks of C"
+                    .into(),
+            });
+        }
         if variant != MatmulVariant::Tiled && !gpu.has_subgroups() {
             return Err(GpuError::Shape {
                 kernel: label,
@@ -365,6 +457,53 @@ impl Matmul {
         self.variant
     }
 
+    /// The elements each operand's view must hold, checking the column blocks of a blocked
+    /// config: every blocked matrix's width a multiple of the block width, and blocks that do
+    /// not overlap.
+    fn operand_lens(
+        &self,
+        (m, n, k): (u64, u64, u64),
+        blocks: Option<&ColumnBlocks>,
+    ) -> Result<OperandLens> {
+        let blocked = self.cfg.blocked;
+        let blocks = match (blocked.any(), blocks) {
+            (true, Some(b)) => *b,
+            (false, None) => ColumnBlocks::default(),
+            (true, None) => {
+                return Err(self.shape_error("the config has column blocks: pass them".into()));
+            }
+            (false, Some(_)) => {
+                return Err(self.shape_error(
+                    "column blocks given, but the config has no blocked operand".into(),
+                ));
+            }
+        };
+        let width = blocks.width as u64;
+        // A stored rows×ld matrix, blocked at `stride` or dense.
+        let len = |what: &str, rows: u64, ld: u64, on: bool, stride: u32| -> Result<u64> {
+            if !on {
+                return Ok(rows * ld);
+            }
+            let stride = stride as u64;
+            if width == 0 || !ld.is_multiple_of(width) || stride < rows * width {
+                return Err(self.shape_error(format!(
+                    "{what}: {ld} columns in blocks of {width} at a stride of {stride} elements \
+                     ({rows} rows) do not tile"
+                )));
+            }
+            Ok((ld / width - 1) * stride + rows * width)
+        };
+        let lay = self.cfg.layout;
+        let (a_rows, a_ld) = if lay.trans_a() { (k, m) } else { (m, k) };
+        let (b_rows, b_ld) = if lay.trans_b() { (n, k) } else { (k, n) };
+        Ok(OperandLens {
+            a: len("a", a_rows, a_ld, blocked.a, blocks.a)?,
+            b: len("b", b_rows, b_ld, blocked.b, blocks.b)?,
+            c: len("c", m, n, blocked.c, blocks.c)?,
+            vector: len("bias / column sums", 1, n, blocked.c, blocks.vector)?,
+        })
+    }
+
     fn shape_error(&self, reason: String) -> GpuError {
         GpuError::Shape {
             kernel: self.label.clone(),
@@ -391,15 +530,57 @@ impl Matmul {
         bias: Option<&View>,
         aux: Option<&View>,
     ) -> Result<Dispatch> {
+        self.bind_blocked(gpu, (m, n, k), [a, b, c], bias, aux, None)
+    }
+
+    /// As [`Matmul::bind`], for a config with [`Blocked`] operands laid out as `blocks` says;
+    /// each blocked view spans from its first block to the end of its last.
+    pub fn bind_blocked(
+        &self,
+        gpu: &Gpu,
+        dims: (u32, u32, u32),
+        abc: [&View; 3],
+        bias: Option<&View>,
+        aux: Option<&View>,
+        blocks: Option<&ColumnBlocks>,
+    ) -> Result<Dispatch> {
+        self.bind_all(gpu, dims, abc, (bias, aux), blocks, None)
+    }
+
+    /// Binds a [`MatmulConfig::reparam`] product: `dz = op(A)·op(B)` (m×n) pushed through
+    /// z = μ + exp(logσ²/2)·ε into `dmu` (C) and `dlogvar` (aux), with `eps` and `logvar`
+    /// (m×n each) from the forward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind_reparam(
+        &self,
+        gpu: &Gpu,
+        dims: (u32, u32, u32),
+        [a, b]: [&View; 2],
+        [dmu, dlogvar]: [&View; 2],
+        [eps, logvar]: [&View; 2],
+        blocks: Option<&ColumnBlocks>,
+    ) -> Result<Dispatch> {
+        self.bind_all(
+            gpu,
+            dims,
+            [a, b, dmu],
+            (None, Some(dlogvar)),
+            blocks,
+            Some([eps, logvar]),
+        )
+    }
+
+    fn bind_all(
+        &self,
+        gpu: &Gpu,
+        (m, n, k): (u32, u32, u32),
+        [a, b, c]: [&View; 3],
+        (bias, aux): (Option<&View>, Option<&View>),
+        blocks: Option<&ColumnBlocks>,
+        reparam: Option<[&View; 2]>,
+    ) -> Result<Dispatch> {
         if m == 0 || n == 0 || k == 0 {
             return Err(self.shape_error(format!("empty product m={m} n={n} k={k}")));
-        }
-        if !self.variant.fits(self.cfg.layout, m, n, k) {
-            return Err(self.shape_error(format!(
-                "the vec4 kernel needs whole texels along the operands' rows; m={m} n={n} k={k} \
-                 in {:?} do not fit",
-                self.cfg.layout
-            )));
         }
         let (m64, n64, k64) = (m as u64, n as u64, k as u64);
         for (what, len) in [("m*k", m64 * k64), ("k*n", k64 * n64), ("m*n", m64 * n64)] {
@@ -407,13 +588,27 @@ impl Matmul {
                 return Err(self.shape_error(format!("{what} = {len} overflows 32-bit indices")));
             }
         }
-        check_len(&self.label, "a", a, m64 * k64)?;
-        check_len(&self.label, "b", b, k64 * n64)?;
-        check_len(&self.label, "c", c, m64 * n64)?;
+        let lens = self.operand_lens((m64, n64, k64), blocks)?;
+        if !self.variant.fits_blocks(
+            self.cfg.layout,
+            m,
+            n,
+            k,
+            blocks.filter(|_| self.cfg.blocked.any()),
+        ) {
+            return Err(self.shape_error(format!(
+                "the vec4 kernel needs whole texels along the operands' rows and column blocks; \
+                 m={m} n={n} k={k} in {:?} (blocks {blocks:?}) do not fit",
+                self.cfg.layout
+            )));
+        }
+        check_len(&self.label, "a", a, lens.a)?;
+        check_len(&self.label, "b", b, lens.b)?;
+        check_len(&self.label, "c", c, lens.c)?;
         let bias = match (self.cfg.bias, bias) {
             (true, Some(v)) => {
-                check_len(&self.label, "bias", v, n64)?;
-                Some(v.slice(0, n64))
+                check_len(&self.label, "bias", v, lens.vector)?;
+                Some(v.slice(0, lens.vector))
             }
             (true, None) => {
                 return Err(self.shape_error("the config adds a bias: pass `bias`".into()));
@@ -423,7 +618,7 @@ impl Matmul {
             }
             (false, None) => None,
         };
-        let aux = match (self.cfg.aux_len(m64, n64), aux) {
+        let aux = match (self.cfg.aux_len(lens.c, lens.vector), aux) {
             (Some(len), Some(v)) => {
                 check_len(&self.label, "aux", v, len)?;
                 Some(v.slice(0, len))
@@ -440,9 +635,25 @@ impl Matmul {
             }
             (None, None) => None,
         };
-        let a = a.slice(0, m64 * k64);
-        let b = b.slice(0, k64 * n64);
-        let c = c.slice(0, m64 * n64);
+        let reparam = match (self.cfg.reparam, reparam) {
+            (true, Some(views)) => {
+                for (name, v) in [("eps", views[0]), ("logvar", views[1])] {
+                    check_len(&self.label, name, v, lens.c)?;
+                }
+                Some(views.map(|v| v.slice(0, lens.c)))
+            }
+            (true, None) => {
+                return Err(self.shape_error("the reparam config needs ε and logσ²".into()));
+            }
+            (false, Some(_)) => {
+                return Err(self.shape_error("ε and logσ² given to a plain product".into()));
+            }
+            (false, None) => None,
+        };
+        let blocks = blocks.copied().unwrap_or_default();
+        let a = a.slice(0, lens.a);
+        let b = b.slice(0, lens.b);
+        let c = c.slice(0, lens.c);
 
         let (tm, tn) = self.tile;
         let tiles_n = n.div_ceil(tn);
@@ -473,7 +684,12 @@ impl Matmul {
                 tiles: tiles as u32,
                 a_shift: shift(0),
                 b_shift: shift(1),
-                _pad: 0,
+                block: blocks.width,
+                a_stride: blocks.a,
+                b_stride: blocks.b,
+                c_stride: blocks.c,
+                v_stride: blocks.vector,
+                _pad: [0; 3],
             },
         );
         let views: Vec<wgpu::TextureView> = copies
@@ -488,11 +704,25 @@ impl Matmul {
             optional(&bias),
             aux.as_ref().map_or(Binding::Unused, Binding::Storage),
         ];
+        match &reparam {
+            Some([eps, logvar]) => {
+                bindings.extend([Binding::Storage(eps), Binding::Storage(logvar)])
+            }
+            None => bindings.extend([Binding::Unused, Binding::Unused]),
+        }
         bindings.extend(views.iter().map(Binding::Texture));
         let mut dispatch = gpu.dispatch(&self.kernel, &bindings, gpu.grid_1d(tiles as u32))?;
         dispatch.copies = copies;
         Ok(dispatch)
     }
+}
+
+/// Elements each operand of one product spans (see [`Matmul::operand_lens`]).
+struct OperandLens {
+    a: u64,
+    b: u64,
+    c: u64,
+    vector: u64,
 }
 
 fn optional(v: &Option<View>) -> Binding<'_> {

@@ -10,9 +10,9 @@ use crate::kernels::Activation;
 use crate::kernels::conv::{Conv, ConvConfig, ConvOp, ConvShape, ConvVariant};
 use crate::kernels::hierarchy::{HierarchyKernels, StageShape, StageValues};
 use crate::kernels::ladder::{LadderInputs, LadderKernels};
-use crate::kernels::matmul::{Layout, Matmul, MatmulConfig, MatmulVariant};
+use crate::kernels::matmul::{Blocked, ColumnBlocks, Layout, Matmul, MatmulConfig, MatmulVariant};
 use crate::kernels::sample::{SampleShape, Sampler};
-use crate::model::{ConvLayer, Dense, ParamLayout, StageLayers, VaeConfig};
+use crate::model::{ALIGN, ConvLayer, Dense, ParamLayout, StageLayers, VaeConfig};
 
 /// Products smaller than this (multiply-adds) use [`MatmulVariant::auto`] untimed.
 const MIN_TUNED_MACS: u64 = 1 << 18;
@@ -86,12 +86,48 @@ impl<'g> Matmuls<'g> {
     pub(crate) fn bind(
         &mut self,
         cfg: MatmulConfig,
-        (m, n, k): (usize, usize, usize),
+        dims: (usize, usize, usize),
         a: &View,
         b: &View,
         c: &View,
         bias: Option<&View>,
         aux: Option<&View>,
+    ) -> Result<Dispatch> {
+        self.bind_blocked(cfg, dims, [a, b, c], (bias, aux), None)
+    }
+
+    /// As [`Matmuls::bind`] for a config with column blocks ([`Matmul::bind_blocked`]). The
+    /// variant is the one timed for the plain product of this shape, unless the blocks do not
+    /// fit it.
+    pub(crate) fn bind_blocked(
+        &mut self,
+        cfg: MatmulConfig,
+        (m, n, k): (usize, usize, usize),
+        abc: [&View; 3],
+        (bias, aux): (Option<&View>, Option<&View>),
+        blocks: Option<&ColumnBlocks>,
+    ) -> Result<Dispatch> {
+        let gpu = self.gpu;
+        let (m, n, k) = (m as u32, n as u32, k as u32);
+        let mut variant = self.variant(cfg.layout, m, n, k)?;
+        if !variant.fits_blocks(cfg.layout, m, n, k, blocks) {
+            variant = MatmulVariant::auto(gpu);
+        }
+        let matmul = match self.compiled.entry((cfg, variant)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Matmul::new(gpu, cfg, Some(variant))?),
+        };
+        matmul.bind_blocked(gpu, (m, n, k), abc, bias, aux, blocks)
+    }
+
+    /// Binds a [`MatmulConfig::reparam`] product ([`Matmul::bind_reparam`]).
+    pub(crate) fn bind_reparam(
+        &mut self,
+        cfg: MatmulConfig,
+        (m, n, k): (usize, usize, usize),
+        ab: [&View; 2],
+        d: [&View; 2],
+        sample: [&View; 2],
     ) -> Result<Dispatch> {
         let gpu = self.gpu;
         let (m, n, k) = (m as u32, n as u32, k as u32);
@@ -100,7 +136,7 @@ impl<'g> Matmuls<'g> {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(Matmul::new(gpu, cfg, Some(variant))?),
         };
-        matmul.bind(gpu, m, n, k, a, b, c, bias, aux)
+        matmul.bind_reparam(gpu, (m, n, k), ab, d, sample, None)
     }
 
     /// The variant for an m×n×k product in `layout`: [`MatmulVariant::auto_for`] unless another
@@ -142,6 +178,48 @@ impl<'g> Matmuls<'g> {
             .into_iter()
             .find(|v| v.name() == chosen)
             .unwrap_or(auto))
+    }
+}
+
+/// Two heads on one input with equal shapes (a Gaussian's μ and logσ²), as laid out in the flat
+/// buffer: run as one product whose weight and bias are blocks `weight_stride` and
+/// `bias_stride` elements apart ([`ColumnBlocks`]).
+pub(crate) struct HeadPair {
+    pub fan_in: usize,
+    pub fan_out: usize,
+    weight: usize,
+    bias: usize,
+    pub weight_stride: usize,
+    pub bias_stride: usize,
+}
+
+impl HeadPair {
+    /// `None` unless both heads have one shape and `second`'s tensors follow `first`'s.
+    pub fn new(layout: &ParamLayout, first: &Dense, second: &Dense) -> Option<Self> {
+        let (w0, w1) = (layout.get(&first.weight()), layout.get(&second.weight()));
+        let (b0, b1) = (layout.get(&first.bias()), layout.get(&second.bias()));
+        let same = first.fan_in == second.fan_in && first.fan_out == second.fan_out;
+        (same && w1.offset > w0.offset && b1.offset > b0.offset).then(|| Self {
+            fan_in: first.fan_in,
+            fan_out: first.fan_out,
+            weight: w0.offset,
+            bias: b0.offset,
+            weight_stride: w1.offset - w0.offset,
+            bias_stride: b1.offset - b0.offset,
+        })
+    }
+
+    /// Both weights (and what lies between) in `flat`: parameters or gradients.
+    pub fn weights(&self, flat: &View) -> View {
+        flat.slice(
+            self.weight as u64,
+            (self.weight_stride + self.fan_in * self.fan_out) as u64,
+        )
+    }
+
+    /// Both biases (and what lies between) in `flat`.
+    pub fn biases(&self, flat: &View) -> View {
+        flat.slice(self.bias as u64, (self.bias_stride + self.fan_out) as u64)
     }
 }
 
@@ -283,6 +361,42 @@ impl Net<'_, '_> {
         )
     }
 
+    /// Both heads of `pair` on `input` ([rows, fan_in]) into `out`: the first head's [rows, L]
+    /// output, then the second's at the next aligned offset (as [`Net::gaussian`] lays them).
+    fn heads(
+        &mut self,
+        pair: &HeadPair,
+        input: &View,
+        out: &View,
+        rows: usize,
+    ) -> Result<Dispatch> {
+        let l = pair.fan_out;
+        let cfg = MatmulConfig {
+            bias: true,
+            blocked: Blocked {
+                a: false,
+                b: true,
+                c: true,
+            },
+            ..MatmulConfig::new(Layout::NN)
+        };
+        let out_stride = ((rows * l) as u64).next_multiple_of(ALIGN as u64);
+        let blocks = ColumnBlocks {
+            width: l as u32,
+            b: pair.weight_stride as u32,
+            c: out_stride as u32,
+            vector: pair.bias_stride as u32,
+            ..Default::default()
+        };
+        self.mm.bind_blocked(
+            cfg,
+            (rows, 2 * l, pair.fan_in),
+            [input, &pair.weights(self.params), out],
+            (Some(&pair.biases(self.params)), None),
+            Some(&blocks),
+        )
+    }
+
     /// The hidden layers of a stack on `rows` rows; returns their buffers and the last output.
     fn stack(
         &mut self,
@@ -373,11 +487,20 @@ impl Net<'_, '_> {
         dispatches: &mut Vec<Dispatch>,
     ) -> Result<Gaussian> {
         let (hidden_bufs, top) = self.stack(hidden, input, rows, dispatches)?;
+        // μ and logσ² side by side in one buffer, so one blocked product computes both.
         let len = (rows * mu_head.fan_out) as u64;
-        let mu = self.gpu.zeros(&format!("{}.out", mu_head.name), len)?;
-        let logvar = self.gpu.zeros(&format!("{}.out", logvar_head.name), len)?;
-        for (head, out) in [(mu_head, &mu), (logvar_head, &logvar)] {
-            dispatches.push(self.dense(head, &top, out, rows, None)?);
+        let stride = len.next_multiple_of(ALIGN as u64);
+        let heads = self
+            .gpu
+            .zeros(&format!("{}+logvar.out", mu_head.name), stride + len)?;
+        let (mu, logvar) = (heads.slice(0, len), heads.slice(stride, len));
+        match HeadPair::new(self.layout, mu_head, logvar_head) {
+            Some(pair) => dispatches.push(self.heads(&pair, &top, &heads, rows)?),
+            None => {
+                for (head, out) in [(mu_head, &mu), (logvar_head, &logvar)] {
+                    dispatches.push(self.dense(head, &top, out, rows, None)?);
+                }
+            }
         }
         Ok(Gaussian {
             hidden: hidden_bufs,

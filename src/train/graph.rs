@@ -18,12 +18,14 @@ use crate::kernels::iwae::{
     KSampleBuffers, KSampleDispatches, KSampleKernels, KSampleShape, Objective,
 };
 use crate::kernels::ladder::{LadderGrads, LadderInputs, LadderKernels};
-use crate::kernels::matmul::{Layout, MatmulConfig};
+use crate::kernels::matmul::{Blocked, ColumnBlocks, Layout, MatmulConfig};
 use crate::kernels::reduce::{ReduceKernels, SumOf};
 use crate::kernels::sample::{SampleShape, Sampler};
 use crate::model::{ConvLayer, DEC_LOGVAR, Dense, Layers, ParamLayout, VaeConfig};
 
-use super::forward::{Forward, LadderForward, LayerBuffers, Matmuls, Net, StageForward, tensor};
+use super::forward::{
+    Forward, HeadPair, LadderForward, LayerBuffers, Matmuls, Net, StageForward, tensor,
+};
 
 /// What a graph is built for: the batch size, the optimizer, the seed of its random streams,
 /// whether the gather binarizes (with its own seed), and the objective with its sample count.
@@ -230,6 +232,16 @@ struct InputGrad<'v> {
     target: &'v View,
     add: bool,
     through: Option<(Activation, &'v View)>,
+    /// The input is a sample z = μ + exp(logσ²/2)·ε: `target` is dμ, added to.
+    reparam: Option<Reparam<'v>>,
+}
+
+/// Where a sample's gradient goes on from dz (see [`MatmulConfig::reparam`]).
+#[derive(Clone, Copy)]
+struct Reparam<'v> {
+    dlogvar: &'v View,
+    eps: &'v View,
+    logvar: &'v View,
 }
 
 impl<'v> InputGrad<'v> {
@@ -238,6 +250,7 @@ impl<'v> InputGrad<'v> {
             target,
             add,
             through: None,
+            reparam: None,
         }
     }
 
@@ -247,6 +260,18 @@ impl<'v> InputGrad<'v> {
             target: dpre,
             add: false,
             through: Some((act, &layer.pre)),
+            reparam: None,
+        }
+    }
+
+    /// Through the sample z = μ + exp(logσ²/2)·ε (one per row) into `dmu` and `r.dlogvar`,
+    /// which hold the KL term's gradient already: dz itself is never stored.
+    fn into_sample(dmu: &'v View, r: Reparam<'v>) -> Self {
+        Self {
+            target: dmu,
+            add: true,
+            through: None,
+            reparam: Some(r),
         }
     }
 }
@@ -285,6 +310,113 @@ impl Backward<'_, '_> {
             &w,
             None,
             Some(&bias),
+        )?;
+        self.ops.push(d);
+        Ok(())
+    }
+
+    /// d(in) = dpre·Wᵀ as `g` says (added with `add` too); through a sample, on into dμ and
+    /// dlogσ² in the same pass.
+    fn input_grad_to(
+        &mut self,
+        layer: &Dense,
+        dpre: &View,
+        rows: usize,
+        g: &InputGrad,
+        add: bool,
+    ) -> Result<()> {
+        let Some(r) = g.reparam else {
+            return self.input_grad(layer, dpre, rows, g.target, g.through, g.add || add);
+        };
+        let cfg = MatmulConfig {
+            accumulate: true,
+            reparam: true,
+            ..MatmulConfig::new(Layout::NT)
+        };
+        let w = tensor(self.params, self.layout, &layer.weight());
+        let d = self.mm.bind_reparam(
+            cfg,
+            (rows, layer.fan_in, layer.fan_out),
+            [dpre, &w],
+            [g.target, r.dlogvar],
+            [r.eps, r.logvar],
+        )?;
+        self.ops.push(d);
+        Ok(())
+    }
+
+    /// Both heads' dW and db from their gradients `d` (the first head's [rows, L], the
+    /// second's `stride` elements on): one TN pass over the blocks.
+    fn pair_weight_grads(
+        &mut self,
+        pair: &HeadPair,
+        input: &View,
+        rows: usize,
+        d: &View,
+        stride: u64,
+    ) -> Result<()> {
+        let cfg = MatmulConfig {
+            column_sums: true,
+            blocked: Blocked {
+                a: false,
+                b: true,
+                c: true,
+            },
+            ..MatmulConfig::new(Layout::TN)
+        };
+        let blocks = ColumnBlocks {
+            width: pair.fan_out as u32,
+            b: stride as u32,
+            c: pair.weight_stride as u32,
+            vector: pair.bias_stride as u32,
+            ..Default::default()
+        };
+        let d = self.mm.bind_blocked(
+            cfg,
+            (pair.fan_in, 2 * pair.fan_out, rows),
+            [input, d, &pair.weights(self.grads)],
+            (None, Some(&pair.biases(self.grads))),
+            Some(&blocks),
+        )?;
+        self.ops.push(d);
+        Ok(())
+    }
+
+    /// d(in) = Σ_heads d_head·W_headᵀ as one NT pass over the blocks (see
+    /// [`Backward::pair_weight_grads`]), then as [`Backward::input_grad`].
+    #[allow(clippy::too_many_arguments)]
+    fn pair_input_grad(
+        &mut self,
+        pair: &HeadPair,
+        d: &View,
+        stride: u64,
+        rows: usize,
+        target: &View,
+        act: Option<(Activation, &View)>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let cfg = MatmulConfig {
+            grad_act: act.map(|(a, _)| a),
+            accumulate,
+            blocked: Blocked {
+                a: true,
+                b: true,
+                c: false,
+            },
+            ..MatmulConfig::new(Layout::NT)
+        };
+        let blocks = ColumnBlocks {
+            width: pair.fan_out as u32,
+            a: stride as u32,
+            b: pair.weight_stride as u32,
+            ..Default::default()
+        };
+        let d = self.mm.bind_blocked(
+            cfg,
+            (rows, pair.fan_in, 2 * pair.fan_out),
+            [d, &pair.weights(self.params), target],
+            (None, act.map(|(_, pre)| pre)),
+            Some(&blocks),
         )?;
         self.ops.push(d);
         Ok(())
@@ -333,19 +465,39 @@ impl Backward<'_, '_> {
         input_grad: Option<InputGrad>,
     ) -> Result<()> {
         let top = bufs.last().map_or(input, |b| &b.out);
-        for &(head, d) in heads {
-            self.weight_grads(head, top, rows, d)?;
+        // Two heads whose gradients lie side by side run as one blocked product each way.
+        let pair = match heads {
+            [(h0, d0), (h1, d1)] => HeadPair::new(self.layout, h0, h1)
+                .zip(side_by_side(d0, d1))
+                .map(|(p, (span, stride))| (p, span, stride)),
+            _ => None,
+        };
+        match &pair {
+            Some((p, span, stride)) => self.pair_weight_grads(p, top, rows, span, *stride)?,
+            None => {
+                for &(head, d) in heads {
+                    self.weight_grads(head, top, rows, d)?;
+                }
+            }
         }
         // Into the top hidden layer's pre-activation, or straight into the input.
         let into = match (hidden.last(), bufs.last(), dpre.last()) {
-            (Some(layer), Some(buf), Some(target)) => {
-                Some((target, Some((layer.act, &buf.pre)), false))
-            }
-            _ => input_grad.map(|g| (g.target, g.through, g.add)),
+            (Some(layer), Some(buf), Some(target)) => Some(InputGrad {
+                through: Some((layer.act, &buf.pre)),
+                ..InputGrad::new(target, false)
+            }),
+            _ => input_grad,
         };
-        if let Some((target, act, add)) = into {
-            for (k, &(head, d)) in heads.iter().enumerate() {
-                self.input_grad(head, d, rows, target, act, add || k > 0)?;
+        if let Some(g) = into {
+            match &pair {
+                Some((p, span, stride)) if g.reparam.is_none() => {
+                    self.pair_input_grad(p, span, *stride, rows, g.target, g.through, g.add)?
+                }
+                _ => {
+                    for (k, &(head, d)) in heads.iter().enumerate() {
+                        self.input_grad_to(head, d, rows, &g, k > 0)?;
+                    }
+                }
             }
         }
         for i in (0..hidden.len()).rev() {
@@ -355,7 +507,7 @@ impl Backward<'_, '_> {
                 let act = Some((hidden[i - 1].act, &bufs[i - 1].pre));
                 self.input_grad(&hidden[i], &dpre[i], rows, &dpre[i - 1], act, false)?;
             } else if let Some(g) = input_grad {
-                self.input_grad(&hidden[0], &dpre[0], rows, g.target, g.through, g.add)?;
+                self.input_grad_to(&hidden[0], &dpre[0], rows, &g, false)?;
             }
         }
         Ok(())
@@ -425,6 +577,22 @@ impl Backward<'_, '_> {
 }
 
 /// Gradients with respect to each convolution's pre-activation, [rows, C·H·W] each.
+/// The view spanning `first` and `second` when `second` follows `first` in the same buffer
+/// with the same length, and the distance between their starts.
+fn side_by_side(first: &View, second: &View) -> Option<(View, u64)> {
+    let stride = second.offset.checked_sub(first.offset)?;
+    (first.buffer == second.buffer && first.len == second.len && stride >= first.len).then(|| {
+        (
+            View {
+                buffer: first.buffer.clone(),
+                offset: first.offset,
+                len: stride + second.len,
+            },
+            stride,
+        )
+    })
+}
+
 fn conv_dpre_scratch(gpu: &Gpu, layers: &[ConvLayer], rows: usize) -> Result<Vec<View>> {
     layers
         .iter()
@@ -653,11 +821,23 @@ impl TrainGraph {
         // The batch, repeated once per sample: the encoder reads the first copy, the loss all.
         let x_rep = scratch("x", rows * d)?;
         let x = x_rep.slice(0, (enc_rows * d) as u64);
-        let (dmu, dlogvar, dz) = (
-            scratch("dmu", enc_rows * l)?,
-            scratch("dlogvar", enc_rows * l)?,
-            scratch("dz", rows * l)?,
-        );
+        // dμ and dlogσ² side by side, so the heads' backward runs as one product each way (the
+        // ladder's kernels write them as separate outputs).
+        let head_len = (enc_rows * l) as u64;
+        let (dmu, dlogvar) = if cfg.ladder {
+            (
+                scratch("dmu", enc_rows * l)?,
+                scratch("dlogvar", enc_rows * l)?,
+            )
+        } else {
+            let head_stride = head_len.next_multiple_of(crate::model::ALIGN as u64);
+            let d_heads = gpu.zeros("dmu+dlogvar", head_stride + head_len)?;
+            (
+                d_heads.slice(0, head_len),
+                d_heads.slice(head_stride, head_len),
+            )
+        };
+        let dz = scratch("dz", rows * l)?;
         let (d_dec, d_dec_logvar) = (
             scratch("d_dec", rows * d)?,
             scratch("d_dec_logvar", rows * d)?,
@@ -814,6 +994,21 @@ impl TrainGraph {
         // Output layer and decoder, into dz_1: added to the latent terms' part with one
         // stochastic layer and K samples, written first in a hierarchy (the stages add theirs).
         let dz_written = k_path && !hier;
+        // One sample per example and one stochastic layer: the product forming dz goes on
+        // through the sample into dμ and dlogσ² (`sample.backward`'s work, fused).
+        let fused_sample = !k_path && ladder.is_none();
+        let into_z = if fused_sample {
+            InputGrad::into_sample(
+                &dmu,
+                Reparam {
+                    dlogvar: &dlogvar,
+                    eps: &eps,
+                    logvar: &logvar,
+                },
+            )
+        } else {
+            InputGrad::new(&dz, dz_written)
+        };
         // With convolutions, the transposed ones first, down to the output layer's
         // pre-activation.
         let d_out = match &dec_head {
@@ -837,7 +1032,7 @@ impl TrainGraph {
             &dec_dpre,
             &[(&layers.out, &d_out)],
             (&z, rows),
-            Some(InputGrad::new(&dz, dz_written)),
+            Some(into_z),
         )?;
         // The stages above z_1: a ladder up the layers then down its bottom-up path
         // (cpu::ladder::step's order), ending in the encoder heads' gradients; a plain
@@ -908,7 +1103,7 @@ impl TrainGraph {
             .map(|u| u.stages.into_iter().map(|s| s.eps).collect())
             .unwrap_or_default();
         // Through the sample into μ and logσ² (which hold the latent terms' gradient already).
-        if ladder.is_none() {
+        if ladder.is_none() && !fused_sample {
             back.ops
                 .push(sampler.backward(gpu, shape, &dz, &eps, &logvar, &dmu, &dlogvar)?);
         }
