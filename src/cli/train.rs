@@ -192,6 +192,10 @@ pub struct TrainArgs {
     /// Stop after this many optimizer steps in all, writing a checkpoint (resumable).
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// Optimizer steps recorded into one submit (default: 1 on software adapters, 8 on
+    /// others). The parameters come out the same whatever the value.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub steps_per_submit: Option<u32>,
     /// No progress bar (per-epoch lines only).
     #[arg(long)]
     pub quiet: bool,
@@ -578,6 +582,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         progress: !args.quiet,
         max_steps: args.max_steps,
         stop: Some(stop_on_signal()?),
+        steps_per_submit: args
+            .steps_per_submit
+            .unwrap_or_else(|| gpu.default_steps_per_submit()),
     };
     let report = train(&gpu, &settings, &opts, &source, resume)?;
     match report.finish {

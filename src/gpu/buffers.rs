@@ -4,6 +4,31 @@ use wgpu::util::DeviceExt;
 
 use super::{Gpu, GpuError, Result};
 
+/// A per-step value for a kernel's parameters: `bytes` at byte `offset` of `buffer` (whole
+/// 4-byte words). Applied before a submit ([`Gpu::apply`]), or staged with other steps' for one
+/// submit of several steps ([`super::StepBatch`]).
+#[derive(Debug, Clone)]
+pub struct ParamWrite {
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl ParamWrite {
+    pub fn new<T: bytemuck::Pod>(buffer: &wgpu::Buffer, offset: u64, value: &T) -> Self {
+        let bytes = bytemuck::bytes_of(value).to_vec();
+        assert!(
+            offset.is_multiple_of(4) && bytes.len().is_multiple_of(4),
+            "parameter writes are whole words"
+        );
+        Self {
+            buffer: buffer.clone(),
+            offset,
+            bytes,
+        }
+    }
+}
+
 /// A range of f32 (or u32) elements inside a storage buffer: what a kernel binds.
 #[derive(Debug, Clone)]
 pub struct View {
@@ -106,6 +131,11 @@ impl Gpu {
                 contents: bytemuck::bytes_of(value),
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             })
+    }
+
+    /// Writes `w` now (it takes effect at the next submit).
+    pub fn apply(&self, w: &ParamWrite) {
+        self.queue.write_buffer(&w.buffer, w.offset, &w.bytes);
     }
 
     pub fn write<T: bytemuck::Pod>(&self, view: &View, data: &[T]) {

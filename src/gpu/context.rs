@@ -266,6 +266,13 @@ impl Gpu {
         is_software(&self.info)
     }
 
+    /// Training steps per submit when the user does not choose: 1 on software adapters, where a
+    /// submit costs ~0.1 ms against a step of tens of ms (nothing to win), else 8, so the host's
+    /// submit and parameter writes stay off the device's critical path.
+    pub fn default_steps_per_submit(&self) -> u32 {
+        if self.is_software() { 1 } else { 8 }
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "{} ({:?}, {:?}, driver {} {})",

@@ -1,6 +1,6 @@
 //! Compute pipelines with explicit bind-group layouts, and the recorded dispatches built on them.
 
-use super::{Gpu, GpuError, Result, View};
+use super::{Gpu, GpuError, ParamWrite, Result, View};
 
 /// What each binding of a kernel is, in binding order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +132,83 @@ impl Dispatch {
         pass.set_bind_group(0, &self.bind_group, &[]);
         let [x, y, z] = self.groups;
         pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Records `dispatches` in order: compute passes, split where a dispatch first copies its
+/// operands into textures.
+fn record_dispatches(encoder: &mut wgpu::CommandEncoder, dispatches: &[&Dispatch]) {
+    let mut pass: Option<wgpu::ComputePass<'static>> = None;
+    for d in dispatches {
+        if !d.copies.is_empty() {
+            drop(pass.take());
+            for c in &d.copies {
+                c.encode(encoder);
+            }
+        }
+        let pass = pass.get_or_insert_with(|| {
+            encoder
+                .begin_compute_pass(&Default::default())
+                .forget_lifetime()
+        });
+        d.record(pass);
+    }
+}
+
+/// Several training steps in one submit. Each step's per-step parameters ([`ParamWrite`]s: the
+/// batch, the random stream's step, Adam's step and rate, β) are staged together in one buffer
+/// by a single queue write, and copied into place in the command buffer before that step's
+/// dispatches, so the steps run back to back without the host in between.
+pub struct StepBatch {
+    staging: Option<wgpu::Buffer>,
+}
+
+impl Default for StepBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StepBatch {
+    pub fn new() -> Self {
+        Self { staging: None }
+    }
+
+    /// Submits `steps` in order, each its writes then its dispatches.
+    pub fn submit(&mut self, gpu: &Gpu, steps: &[(Vec<ParamWrite>, Vec<&Dispatch>)]) {
+        let mut blob = Vec::new();
+        let mut sources = Vec::new();
+        for (writes, _) in steps {
+            let mut offsets = Vec::new();
+            for w in writes {
+                offsets.push(blob.len() as u64);
+                blob.extend_from_slice(&w.bytes);
+            }
+            sources.push(offsets);
+        }
+        let need = (blob.len() as u64).max(4);
+        let staging = match self.staging.take() {
+            Some(b) if b.size() >= need => b,
+            _ => gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("step parameters"),
+                size: need.next_power_of_two(),
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        };
+        if !blob.is_empty() {
+            gpu.queue.write_buffer(&staging, 0, &blob);
+        }
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        for ((writes, dispatches), offsets) in steps.iter().zip(&sources) {
+            for (w, &src) in writes.iter().zip(offsets) {
+                let len = w.bytes.len() as u64;
+                encoder.copy_buffer_to_buffer(&staging, src, &w.buffer, w.offset, len);
+            }
+            record_dispatches(&mut encoder, dispatches);
+        }
+        gpu.queue.submit([encoder.finish()]);
+        self.staging = Some(staging);
     }
 }
 
@@ -286,22 +363,7 @@ impl Gpu {
     /// where a dispatch has copies to encode first.
     pub fn submit(&self, dispatches: &[&Dispatch]) {
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        let mut pass: Option<wgpu::ComputePass<'static>> = None;
-        for d in dispatches {
-            if !d.copies.is_empty() {
-                drop(pass.take());
-                for c in &d.copies {
-                    c.encode(&mut encoder);
-                }
-            }
-            let pass = pass.get_or_insert_with(|| {
-                encoder
-                    .begin_compute_pass(&Default::default())
-                    .forget_lifetime()
-            });
-            d.record(pass);
-        }
-        drop(pass);
+        record_dispatches(&mut encoder, dispatches);
         self.queue.submit([encoder.finish()]);
     }
 

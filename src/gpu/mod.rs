@@ -10,12 +10,12 @@ mod profile;
 mod readback;
 mod tune;
 
-pub use buffers::View;
+pub use buffers::{ParamWrite, View};
 pub use context::{
     AdapterRequest, BackendChoice, ENGINE_NEEDS, EngineNeeds, Gpu, choose_adapter, enumerate,
     is_software, new_instance,
 };
-pub use kernel::{Binding, Dispatch, Kernel, Slot, TexelCopy};
+pub use kernel::{Binding, Dispatch, Kernel, Slot, StepBatch, TexelCopy};
 pub use readback::{AsyncReader, Wait};
 pub use tune::{TuneCache, TuneEntry};
 

@@ -3,7 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{check_len, compose};
-use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, Result, Slot, View};
+use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, ParamWrite, Result, Slot, View};
 
 const WG: u32 = 256;
 const SLOTS: &[Slot] = &[
@@ -241,12 +241,17 @@ impl AdamKernel {
 impl AdamStep {
     /// Sets the step number `t` (1-based) and learning rate for the next submitted step.
     pub fn prepare(&self, gpu: &Gpu, t: u64, lr: f64) {
+        gpu.apply(&self.write(t, lr));
+    }
+
+    /// [`AdamStep::prepare`]'s write, to apply or stage.
+    pub fn write(&self, t: u64, lr: f64) -> ParamWrite {
         let cfg = AdamConfig { lr, ..self.cfg };
-        gpu.queue.write_buffer(
+        ParamWrite::new(
             &self.params,
             0,
-            bytemuck::bytes_of(&step_params(&cfg, t, self.len4, self.tex_shift)),
-        );
+            &step_params(&cfg, t, self.len4, self.tex_shift),
+        )
     }
 }
 

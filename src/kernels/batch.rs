@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{check_len, compose};
-use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, Result, Slot, View};
+use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, ParamWrite, Result, Slot, View};
 
 const WG: u32 = 256;
 const SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite];
@@ -190,12 +190,16 @@ impl Gather {
     /// Points the next submitted gather at `perm[first..first + rows]`, binarized with draw
     /// number `draw` (ignored without binarization).
     pub fn set(&self, gpu: &Gpu, first: u32, draw: u32) {
+        gpu.apply(&self.write(first, draw));
+    }
+
+    /// [`Gather::set`]'s write, to apply or stage.
+    pub fn write(&self, first: u32, draw: u32) -> ParamWrite {
         assert!(
             first as u64 + self.rows as u64 <= self.perm_len,
             "batch runs past the permutation"
         );
         let p = params(self.rows, self.total, self.dim, first, draw, self.seed);
-        gpu.queue
-            .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
+        ParamWrite::new(&self.params, 0, &p)
     }
 }

@@ -16,7 +16,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{check_len, check_lens, compose};
-use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, Result, Slot, View};
+use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, ParamWrite, Result, Slot, View};
 
 /// The reconstruction likelihood p(x | z) the decoder output parameterizes.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
@@ -168,8 +168,12 @@ impl ElboDispatches {
 
     /// Changes β (KL warm-up) from the host; takes effect at the next submit.
     pub fn set_beta(&self, gpu: &Gpu, beta: f32) {
-        gpu.queue
-            .write_buffer(&self.params, BETA_OFFSET, bytemuck::bytes_of(&beta));
+        gpu.apply(&self.beta_write(beta));
+    }
+
+    /// [`ElboDispatches::set_beta`]'s write, to apply or stage.
+    pub fn beta_write(&self, beta: f32) -> ParamWrite {
+        ParamWrite::new(&self.params, BETA_OFFSET, &beta)
     }
 }
 

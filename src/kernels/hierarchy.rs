@@ -6,7 +6,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{check_len, check_lens, compose};
-use crate::gpu::{Binding, Dispatch, Gpu, Kernel, Result, Slot, View};
+use crate::gpu::{Binding, Dispatch, Gpu, Kernel, ParamWrite, Result, Slot, View};
 
 const WG: u32 = 64;
 /// params, eps, q_logvar, z_below, p_mu, p_logvar, z, terms.
@@ -109,9 +109,12 @@ pub struct StageGradDispatches {
 impl StageGradDispatches {
     /// Changes β (KL warm-up); takes effect at the next submit.
     pub fn set_beta(&self, gpu: &Gpu, beta: f32) {
-        let p = Params { beta, ..self.value };
-        gpu.queue
-            .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
+        gpu.apply(&self.beta_write(beta));
+    }
+
+    /// [`StageGradDispatches::set_beta`]'s write, to apply or stage.
+    pub fn beta_write(&self, beta: f32) -> ParamWrite {
+        ParamWrite::new(&self.params, 0, &Params { beta, ..self.value })
     }
 }
 

@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{check_len, check_lens, compose};
-use crate::gpu::{Binding, Dispatch, Gpu, Kernel, Result, Slot, View};
+use crate::gpu::{Binding, Dispatch, Gpu, Kernel, ParamWrite, Result, Slot, View};
 
 const WG: u32 = 64;
 const SLOTS: &[Slot] = &[
@@ -287,9 +287,12 @@ pub struct KSampleDispatches {
 
 impl KSampleDispatches {
     pub fn set_beta(&self, gpu: &Gpu, beta: f32) {
-        let p = TrainParams { beta, ..self.value };
-        gpu.queue
-            .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
+        gpu.apply(&self.beta_write(beta));
+    }
+
+    /// [`KSampleDispatches::set_beta`]'s write, to apply or stage.
+    pub fn beta_write(&self, beta: f32) -> ParamWrite {
+        ParamWrite::new(&self.params, 0, &TrainParams { beta, ..self.value })
     }
 }
 

@@ -16,7 +16,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{check_len, compose};
-use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, Result, Slot, View};
+use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, ParamWrite, Result, Slot, View};
 
 const WG: u32 = 64;
 
@@ -93,7 +93,12 @@ impl Sampler {
 
     /// Sets (seed, step) from the host; takes effect at the next submit.
     pub fn set_state(&self, gpu: &Gpu, seed: u64, step: u32) {
-        gpu.write(&self.rng, &state(seed, step));
+        gpu.apply(&self.state_write(seed, step));
+    }
+
+    /// [`Sampler::set_state`]'s write, to apply or stage.
+    pub fn state_write(&self, seed: u64, step: u32) -> ParamWrite {
+        ParamWrite::new(&self.rng.buffer, self.rng.offset * 4, &state(seed, step))
     }
 
     /// Sets the step counter from the host; takes effect at the next submit.

@@ -3,7 +3,7 @@
 //! a few `queue.write_buffer`s of per-step scalars and one submit, with no readback.
 
 use super::DeviceData;
-use crate::gpu::{Dispatch, Gpu, GpuError, Result, View};
+use crate::gpu::{Dispatch, Gpu, GpuError, ParamWrite, Result, StepBatch, View};
 use crate::kernels::Activation;
 use crate::kernels::adam::{AdamBuffers, AdamConfig, AdamKernel, AdamStep};
 use crate::kernels::batch::{BatchKernel, Gather};
@@ -1214,16 +1214,34 @@ impl TrainGraph {
     /// Writes the per-step scalars: which rows of the permutation and which binarization, the
     /// RNG step, Adam's step number (1-based) and learning rate, and β.
     pub fn prepare(&self, gpu: &Gpu, s: &StepInputs) {
-        self.gather.set(gpu, s.first, s.draw);
-        self.sampler.set_state(gpu, self.seed, s.step as u32);
-        self.adam.prepare(gpu, s.step + 1, s.lr);
-        self.elbo.set_beta(gpu, s.beta);
-        if let Some(k) = &self.k_samples {
-            k.set_beta(gpu, s.beta);
+        for w in self.step_writes(s) {
+            gpu.apply(&w);
         }
-        for g in &self.stage_grads {
-            g.set_beta(gpu, s.beta);
-        }
+    }
+
+    /// What [`TrainGraph::prepare`] writes, to stage for one of several steps in a submit
+    /// ([`TrainGraph::submit_steps`]).
+    pub fn step_writes(&self, s: &StepInputs) -> Vec<ParamWrite> {
+        let mut w = vec![
+            self.gather.write(s.first, s.draw),
+            self.sampler.state_write(self.seed, s.step as u32),
+            self.adam.write(s.step + 1, s.lr),
+            self.elbo.beta_write(s.beta),
+        ];
+        w.extend(self.k_samples.iter().map(|k| k.beta_write(s.beta)));
+        w.extend(self.stage_grads.iter().map(|g| g.beta_write(s.beta)));
+        w
+    }
+
+    /// Whole optimizer steps, several in one submit (see [`StepBatch`]): the same updates as
+    /// one [`TrainGraph::prepare`] and submit per step.
+    pub fn submit_steps(&self, gpu: &Gpu, batch: &mut StepBatch, steps: &[StepInputs]) {
+        let dispatches = self.step_dispatches();
+        let steps: Vec<_> = steps
+            .iter()
+            .map(|s| (self.step_writes(s), dispatches.clone()))
+            .collect();
+        batch.submit(gpu, &steps);
     }
 
     /// This graph's state, to share with another graph.

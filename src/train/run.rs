@@ -16,7 +16,7 @@ use super::graph::SharedState;
 use super::{DeviceData, StepInputs, TrainGraph, TrainSettings};
 use crate::data::DataSource;
 use crate::eval::pictures::EpochPictures;
-use crate::gpu::{AsyncReader, Gpu, Wait};
+use crate::gpu::{AsyncReader, Gpu, StepBatch, Wait};
 use crate::kernels::elbo::Running;
 use crate::model::{ParamLayout, init_params};
 
@@ -27,8 +27,11 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Stop, with a checkpoint, once this many optimizer steps have been done in all.
     pub max_steps: Option<u64>,
-    /// Set (by a signal handler) to stop after the current step, with a checkpoint.
+    /// Set (by a signal handler) to stop after the current submit, with a checkpoint.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Optimizer steps recorded into one submit (at least 1; a submit never crosses a logging
+    /// point, the end of an epoch or `max_steps`). The result is the same whatever the value.
+    pub steps_per_submit: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -240,6 +243,7 @@ struct Trainer<'a> {
     /// When the last readback arrived: the device's pace, not the host's.
     last_arrival: Instant,
     bar: Option<indicatif::ProgressBar>,
+    step_batch: StepBatch,
 }
 
 impl Trainer<'_> {
@@ -488,6 +492,7 @@ pub fn train(
         reader,
         last_arrival: Instant::now(),
         bar: progress_bar(opts, steps_per_epoch),
+        step_batch: StepBatch::new(),
     };
 
     let mut summaries = Vec::new();
@@ -506,24 +511,47 @@ pub fn train(
         if let Some(bar) = &t.bar {
             bar.set_position(first_step);
         }
-        for i in first_step..steps_per_epoch {
-            let beta = s.beta_at(t.progress.step);
-            let (graph, first) = t.graphs.step(i);
-            let inputs = StepInputs {
-                first,
-                step: t.progress.step,
-                lr: s.lr_at(epoch),
-                beta: beta as f32,
-                draw,
-            };
-            graph.prepare(gpu, &inputs);
-            gpu.submit(&graph.step_dispatches());
-            interval_samples += graph.batch as u64;
-            epoch_samples += graph.batch as u64;
-            t.progress.step += 1;
-            t.progress.steps_into_epoch = i + 1;
+        let mut i = first_step;
+        while i < steps_per_epoch {
+            // One submit: up to `steps_per_submit` steps of one graph, ending at a logging
+            // point, the epoch's end or `max_steps` at the latest.
+            let (graph, _) = t.graphs.step(i);
+            let mut chunk = Vec::new();
+            let mut beta = 0.0;
+            loop {
+                let (g, first) = t.graphs.step(i);
+                if !std::ptr::eq(g, graph) {
+                    break;
+                }
+                beta = s.beta_at(t.progress.step);
+                chunk.push(StepInputs {
+                    first,
+                    step: t.progress.step,
+                    lr: s.lr_at(epoch),
+                    beta: beta as f32,
+                    draw,
+                });
+                t.progress.step += 1;
+                i += 1;
+                let boundary = t.progress.step.is_multiple_of(s.log_every)
+                    || i == steps_per_epoch
+                    || t.opts.max_steps.is_some_and(|m| t.progress.step >= m);
+                if boundary || chunk.len() >= t.opts.steps_per_submit.max(1) as usize {
+                    break;
+                }
+            }
+            if let [one] = chunk.as_slice() {
+                graph.prepare(gpu, one);
+                gpu.submit(&graph.step_dispatches());
+            } else {
+                graph.submit_steps(gpu, &mut t.step_batch, &chunk);
+            }
+            let samples = chunk.len() as u64 * graph.batch as u64;
+            interval_samples += samples;
+            epoch_samples += samples;
+            t.progress.steps_into_epoch = i;
             stopped = t.stop_requested();
-            let epoch_end = i + 1 == steps_per_epoch;
+            let epoch_end = i == steps_per_epoch;
             if t.progress.step.is_multiple_of(s.log_every) || epoch_end {
                 t.request_log(LogTag {
                     epoch,
@@ -542,7 +570,7 @@ pub fn train(
                 t.drain(wait)?;
             }
             if let Some(bar) = &t.bar {
-                bar.set_position(i + 1);
+                bar.set_position(i);
             }
             if stopped && !epoch_end {
                 t.drain(Wait::All)?;
