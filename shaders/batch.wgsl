@@ -74,3 +74,38 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         out[i] = f32(byte) / 255.0;
     }
 }
+
+// `gather` for byte pixels when dim % 4 == 0: one invocation per packed word (four pixels of one
+// row, one Philox call for the four when binarizing) and one workgroup per WORDS_WG words of a
+// row, so the row comes from the workgroup index instead of a per-pixel integer division (which
+// llvmpipe runs as scalar divisions, one per lane: most of `gather`'s time there).
+const WORDS_WG: u32 = 64u;
+
+@compute @workgroup_size(WORDS_WG)
+fn gather_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let words = params.dim / 4u;
+    let tiles = (words + WORDS_WG - 1u) / WORDS_WG;
+    let t = flat_workgroup(wid, nwg);
+    let row = t / tiles;
+    let w = (t - row * tiles) * WORDS_WG + lid;
+    if (row >= params.total || w >= words) {
+        return;
+    }
+    let item = perm[params.first + row % params.rows];
+    let word = pixels[item * words + w];
+    let base = row * params.dim + 4u * w;
+    if (BINARIZE) {
+        // draw_k's words for columns 4w .. 4w+3, all from block w.
+        let ks = philox4x32_10(vec4<u32>(w, item, params.draw, 1u),
+                               vec2<u32>(params.seed_lo, params.seed_hi)) >> vec4<u32>(9u);
+        for (var j = 0u; j < 4u; j++) {
+            let byte = (word >> (8u * j)) & 0xffu;
+            out[base + j] = select(0.0, 1.0, (2u * ks[j] + 1u) * 255u < (byte << 24u));
+        }
+    } else {
+        for (var j = 0u; j < 4u; j++) {
+            out[base + j] = f32((word >> (8u * j)) & 0xffu) / 255.0;
+        }
+    }
+}

@@ -8,8 +8,17 @@ use vae_wgpu::cpu::batch as cpu;
 use vae_wgpu::gpu::Gpu;
 use vae_wgpu::kernels::batch::{BatchKernel, upload_pixels};
 
-/// (items, dim, rows): dim 13 and 785 put items at every byte alignment within a packed word.
-const SHAPES: [(usize, usize, u32); 3] = [(7, 13, 3), (101, 785, 17), (5, 1, 5)];
+/// (items, dim, rows): dim 13 and 785 put items at every byte alignment within a packed word;
+/// dims that are multiples of 4 take the word-per-invocation kernel, with rows of 1, 65 (one
+/// word into a second workgroup) and 196 words (784 pixels).
+const SHAPES: [(usize, usize, u32); 6] = [
+    (7, 13, 3),
+    (101, 785, 17),
+    (5, 1, 5),
+    (9, 784, 5),
+    (6, 260, 4),
+    (3, 4, 3),
+];
 
 fn random_pixels(rng: &mut Lcg, n: usize) -> Vec<u8> {
     (0..n).map(|_| (rng.next_f64() * 256.0) as u8).collect()

@@ -7,6 +7,8 @@ use super::{check_len, compose};
 use crate::gpu::{Binding, Dispatch, Gpu, GpuError, Kernel, ParamWrite, Result, Slot, View};
 
 const WG: u32 = 256;
+/// Words (four pixels each) per workgroup of `gather_words`.
+const WORDS_WG: u32 = 64;
 const SLOTS: &[Slot] = &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite];
 
 #[repr(C)]
@@ -55,6 +57,8 @@ pub fn upload_float_pixels(gpu: &Gpu, label: &str, values: &[f32]) -> Result<Vie
 
 pub struct BatchKernel {
     kernel: Kernel,
+    /// `kernel` for byte pixels and rows of a multiple of 4: a packed word per invocation.
+    words: Option<Kernel>,
     format: PixelFormat,
     /// Binarize with Bernoulli draws keyed by this seed (and the draw number set per step).
     binarize_seed: Option<u64>,
@@ -87,15 +91,21 @@ impl BatchKernel {
             ("BINARIZE", flag(on)),
             ("FLOAT_PIXELS", flag(format == PixelFormat::Floats)),
         ];
-        Ok(Self {
-            format,
-            kernel: gpu.kernel(
-                "batch.gather",
-                &compose("batch.wgsl"),
-                "gather",
+        let source = compose("batch.wgsl");
+        let words = match format {
+            PixelFormat::Bytes => Some(gpu.kernel(
+                "batch.gather_words",
+                &source,
+                "gather_words",
                 SLOTS,
                 &constants,
-            )?,
+            )?),
+            PixelFormat::Floats => None,
+        };
+        Ok(Self {
+            format,
+            kernel: gpu.kernel("batch.gather", &source, "gather", SLOTS, &constants)?,
+            words,
             binarize_seed,
         })
     }
@@ -151,15 +161,29 @@ impl BatchKernel {
         }
         let seed = self.binarize_seed.unwrap_or(0);
         let params = gpu.uniform(label, &params(rows, total, dim, 0, 0, seed));
+        let (kernel, groups) = match &self.words {
+            Some(words) if dim.is_multiple_of(4) => {
+                let tiles = (dim / 4).div_ceil(WORDS_WG) as u64;
+                let groups = total as u64 * tiles;
+                if groups > u32::MAX as u64 {
+                    return Err(GpuError::Shape {
+                        kernel: label.clone(),
+                        reason: format!("{groups} workgroups overflow the grid"),
+                    });
+                }
+                (words, groups as u32)
+            }
+            _ => (&self.kernel, (total * dim).div_ceil(WG)),
+        };
         let dispatch = gpu.dispatch(
-            &self.kernel,
+            kernel,
             &[
                 Binding::Uniform(&params),
                 Binding::Storage(pixels),
                 Binding::Storage(perm),
                 Binding::Storage(out),
             ],
-            gpu.grid_1d((total * dim).div_ceil(WG)),
+            gpu.grid_1d(groups),
         )?;
         Ok(Gather {
             dispatch,
