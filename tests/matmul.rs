@@ -673,39 +673,23 @@ fn column_blocks_match_the_dense_product() {
         bias: true,
         act: Activation::Tanh,
         store_pre: true,
-        blocked: Blocked {
-            a: true,
-            b: true,
-            c: true,
-        },
+        blocked: Blocked::new(true, true, true),
         ..MatmulConfig::new(Layout::NN)
     };
     let tn = MatmulConfig {
         accumulate: true,
-        blocked: Blocked {
-            a: true,
-            b: true,
-            c: true,
-        },
+        blocked: Blocked::new(true, true, true),
         ..MatmulConfig::new(Layout::TN)
     };
     let nt = MatmulConfig {
         grad_act: Some(Activation::Relu),
         accumulate: true,
-        blocked: Blocked {
-            a: true,
-            b: true,
-            c: false,
-        },
+        blocked: Blocked::new(true, true, false),
         ..MatmulConfig::new(Layout::NT)
     };
     let heads = MatmulConfig {
         bias: true,
-        blocked: Blocked {
-            a: false,
-            b: true,
-            c: true,
-        },
+        blocked: Blocked::new(false, true, true),
         ..MatmulConfig::new(Layout::NN)
     };
     for gpu in all_gpus() {
@@ -747,11 +731,7 @@ fn column_blocks_match_the_dense_product() {
 fn blocked_weight_gradient_writes_each_heads_bias_gradient() {
     let cfg = MatmulConfig {
         column_sums: true,
-        blocked: Blocked {
-            a: false,
-            b: true,
-            c: true,
-        },
+        blocked: Blocked::new(false, true, true),
         ..MatmulConfig::new(Layout::TN)
     };
     let (m, k, width) = (36, 33, 20);
@@ -812,11 +792,7 @@ fn blocked_weight_gradient_writes_each_heads_bias_gradient() {
 fn bad_column_blocks_are_typed_errors() {
     let gpu = all_gpus().remove(0);
     let cfg = MatmulConfig {
-        blocked: Blocked {
-            a: false,
-            b: true,
-            c: false,
-        },
+        blocked: Blocked::new(false, true, false),
         ..MatmulConfig::new(Layout::NN)
     };
     let mm = Matmul::new(&gpu, cfg, Some(MatmulVariant::Tiled)).unwrap();

@@ -179,6 +179,10 @@ pub struct Blocked {
 }
 
 impl Blocked {
+    pub const fn new(a: bool, b: bool, c: bool) -> Self {
+        Self { a, b, c }
+    }
+
     fn any(&self) -> bool {
         self.a || self.b || self.c
     }
@@ -297,33 +301,16 @@ const TILED_SLOTS: &[Slot] = &[
     Slot::Read,
 ];
 
-/// The subgroup kernel: the same, then A and B copied into textures (A and B stay bound unread).
-const SUBGROUP_SLOTS: &[Slot] = &[
-    Slot::Uniform,
-    Slot::Read,
-    Slot::Read,
-    Slot::ReadWrite,
-    Slot::Read,
-    Slot::ReadWrite,
-    Slot::Read,
-    Slot::Read,
-    Slot::ReadTexture,
-    Slot::ReadTexture,
-];
-
-/// The vec4 subgroup kernel: as [`SUBGROUP_SLOTS`] with `rgba32float` textures.
-const SUBGROUP_VEC4_SLOTS: &[Slot] = &[
-    Slot::Uniform,
-    Slot::Read,
-    Slot::Read,
-    Slot::ReadWrite,
-    Slot::Read,
-    Slot::ReadWrite,
-    Slot::Read,
-    Slot::Read,
-    Slot::ReadTexture4,
-    Slot::ReadTexture4,
-];
+/// A variant's bindings: the tiled kernel's, then for the subgroup kernels A and B copied into
+/// textures (A and B stay bound unread).
+fn slots(variant: MatmulVariant) -> Vec<Slot> {
+    let texture = match variant {
+        MatmulVariant::Tiled => return TILED_SLOTS.to_vec(),
+        MatmulVariant::Subgroup => Slot::ReadTexture,
+        MatmulVariant::SubgroupVec4 => Slot::ReadTexture4,
+    };
+    [TILED_SLOTS, &[texture; 2]].concat()
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -431,12 +418,7 @@ impl Matmul {
             Some(s) => super::compose_with(family, s),
             None => compose(family),
         };
-        let slots = match variant {
-            MatmulVariant::Tiled => TILED_SLOTS,
-            MatmulVariant::Subgroup => SUBGROUP_SLOTS,
-            MatmulVariant::SubgroupVec4 => SUBGROUP_VEC4_SLOTS,
-        };
-        let kernel = gpu.kernel(&label, &source, "main", slots, &cfg.constants())?;
+        let kernel = gpu.kernel(&label, &source, "main", &slots(variant), &cfg.constants())?;
         Ok(Self {
             cfg,
             variant,

@@ -373,11 +373,7 @@ impl Net<'_, '_> {
         let l = pair.fan_out;
         let cfg = MatmulConfig {
             bias: true,
-            blocked: Blocked {
-                a: false,
-                b: true,
-                c: true,
-            },
+            blocked: Blocked::new(false, true, true),
             ..MatmulConfig::new(Layout::NN)
         };
         let out_stride = ((rows * l) as u64).next_multiple_of(ALIGN as u64);

@@ -357,11 +357,7 @@ impl Backward<'_, '_> {
     ) -> Result<()> {
         let cfg = MatmulConfig {
             column_sums: true,
-            blocked: Blocked {
-                a: false,
-                b: true,
-                c: true,
-            },
+            blocked: Blocked::new(false, true, true),
             ..MatmulConfig::new(Layout::TN)
         };
         let blocks = ColumnBlocks {
@@ -398,11 +394,7 @@ impl Backward<'_, '_> {
         let cfg = MatmulConfig {
             grad_act: act.map(|(a, _)| a),
             accumulate,
-            blocked: Blocked {
-                a: true,
-                b: true,
-                c: false,
-            },
+            blocked: Blocked::new(true, true, false),
             ..MatmulConfig::new(Layout::NT)
         };
         let blocks = ColumnBlocks {
