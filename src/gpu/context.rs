@@ -153,6 +153,10 @@ pub struct Gpu {
     faults: Arc<Mutex<Option<String>>>,
     /// Kernel variants chosen by timing (see `Gpu::tuned`).
     pub(crate) tune: super::TuneCache,
+    /// Every pipeline built on this device, by what defines it (see `Gpu::kernel`): graphs that
+    /// use the same kernels (a run's training, tail, test and picture graphs) share them
+    /// instead of each compiling and JIT-ing its own.
+    pub(crate) kernels: Mutex<std::collections::HashMap<super::kernel::KernelKey, super::Kernel>>,
 }
 
 impl fmt::Debug for Gpu {
@@ -223,6 +227,7 @@ impl Gpu {
             placeholder_rw,
             faults,
             tune: super::TuneCache::from_env(),
+            kernels: Mutex::default(),
         })
     }
 

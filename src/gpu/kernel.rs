@@ -3,7 +3,7 @@
 use super::{Gpu, GpuError, ParamWrite, Result, View};
 
 /// What each binding of a kernel is, in binding order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Slot {
     Uniform,
     Read,
@@ -12,6 +12,17 @@ pub enum Slot {
     ReadTexture,
     /// A 2-D `rgba32float` storage texture, read only: four consecutive elements per texel.
     ReadTexture4,
+}
+
+/// What defines a pipeline (see [`Gpu::kernel`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct KernelKey {
+    label: String,
+    source: String,
+    entry: String,
+    slots: Vec<Slot>,
+    /// Override constants, as the bits of their f64 values.
+    constants: Vec<(String, u64)>,
 }
 
 /// A compiled compute pipeline and its bind-group layout.
@@ -215,7 +226,36 @@ impl StepBatch {
 impl Gpu {
     /// Compiles `source` and builds a pipeline for `entry` with the given override constants.
     /// Validation errors come back as `GpuError::Shader`, never as a panic.
+    /// A pipeline with the same label, source, entry point, slots and constants as one built
+    /// before on this device is that one, not a new compile.
     pub fn kernel(
+        &self,
+        label: &str,
+        source: &str,
+        entry: &str,
+        slots: &[Slot],
+        constants: &[(&str, f64)],
+    ) -> Result<Kernel> {
+        let key = KernelKey {
+            label: label.to_string(),
+            source: source.to_string(),
+            entry: entry.to_string(),
+            slots: slots.to_vec(),
+            constants: constants
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_bits()))
+                .collect(),
+        };
+        let lock = || self.kernels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = lock().get(&key) {
+            return Ok(k.clone());
+        }
+        let kernel = self.compile(label, source, entry, slots, constants)?;
+        lock().insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    fn compile(
         &self,
         label: &str,
         source: &str,
