@@ -140,25 +140,19 @@ fn several_steps_per_submit_give_the_same_run() {
         dir.path().join("five"),
         dir.path().join("stopped"),
     );
-    train(&one, &["--epochs", "2", "--steps-per-submit", "1"]);
-    train(&five, &["--epochs", "2", "--steps-per-submit", "5"]);
+    // SMALL warms β up over 45 steps and binarizes dynamically: the staged per-step parameters
+    // change from step to step within a submit.
+    let run = ["--epochs", "2"];
+    train(&one, &[&run[..], &["--steps-per-submit", "1"]].concat());
+    train(&five, &[&run[..], &["--steps-per-submit", "5"]].concat());
     assert_eq!(
         losses(&five),
         losses(&one),
         "5 steps per submit logged other losses"
     );
     same_state(&load(&one), &load(&five), "5 steps per submit");
-    let out = train(
-        &stopped,
-        &[
-            "--epochs",
-            "2",
-            "--steps-per-submit",
-            "3",
-            "--max-steps",
-            "40",
-        ],
-    );
+    let chunked = ["--steps-per-submit", "3", "--max-steps", "40"];
+    let out = train(&stopped, &[&run[..], &chunked].concat());
     assert!(out.contains("stopped after step 40"), "{out}");
     ok(vae(&[
         "train",
@@ -192,11 +186,18 @@ fn a_hierarchical_iwae_run_resumes_bit_for_bit() {
         "2",
     ];
     train(&a, &model);
-    train(&b, &[&model[..], &["--max-steps", "40"]].concat());
+    // The interrupted run also records 3 steps per submit: the IWAE weights' and the upper
+    // layer's per-step parameters (β) are staged like the rest.
+    let chunked = ["--max-steps", "40", "--steps-per-submit", "3"];
+    train(&b, &[&model[..], &chunked].concat());
     assert_eq!(load(&b).progress.step, 40);
     ok(vae(&["train", "--quiet", "--resume", b.to_str().unwrap()]));
     assert_eq!(losses(&b), losses(&a), "resumed run logged other losses");
-    same_state(&load(&a), &load(&b), "resumed hierarchy");
+    same_state(
+        &load(&a),
+        &load(&b),
+        "resumed hierarchy, 3 steps per submit",
+    );
     assert_eq!(load(&a).settings.model.upper.len(), 1);
 }
 
