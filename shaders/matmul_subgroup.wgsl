@@ -34,6 +34,12 @@
 // 8g + s takes p_g from lane s), `tile_row(r)` (the tile row accumulator r holds), and
 // `load_b(k, col)` (column j: op(B)[k + j, col .. col+3], zero for k + j beyond K).
 //
+// Where it stands (2-core AMD EPYC, Mesa 22.3.6): 30-45 GFLOP/s with vec4 texels against 160-180
+// for the `gemm` crate on the same cores. Every lane's vec4 accumulator takes 4 of the 16 ymm
+// registers, so any register-blocked tile spills; the compute core alone (no epilogue, loads
+// kept) measured ~24 GFLOP per CPU-second. Tiles of 8-48 rows by 32-64 columns, explicit fma()
+// and an epilogue without stores all timed within noise of this one.
+//
 // Layouts (row-major storage): NN A is MxK, B is KxN; TN (TRANS_A) A is KxM; NT (TRANS_B) B is
 // NxK. Bindings and epilogue come from shaders/matmul_common.wgsl.
 
