@@ -34,16 +34,26 @@ const WG: u32 = 256u;
 // Float datasets (CSV/NPY float32 in [0, 1]) stay f32 on the device rather than being quantized.
 override FLOAT_PIXELS: bool = false;
 
-// The uniform u = (2k + 1)·2⁻²⁴ of pixel `col`'s Philox word.
-fn draw_k(item: u32, col: u32) -> u32 {
-    let words = philox4x32_10(vec4<u32>(col / 4u, item, params.draw, 1u),
+// The k of u = (2k + 1)·2⁻²⁴ for columns 4·block .. 4·block + 3 of `item`: one Philox call.
+fn block_draws(item: u32, block: u32) -> vec4<u32> {
+    let words = philox4x32_10(vec4<u32>(block, item, params.draw, 1u),
                               vec2<u32>(params.seed_lo, params.seed_hi));
-    return words[col & 3u] >> 9u;
+    return words >> vec4<u32>(9u);
 }
 
-// Bernoulli(byte / 255): u < byte/255 ⇔ (2k + 1)·255 < byte·2²⁴, in integers.
+// The k of pixel `col`'s uniform.
+fn draw_k(item: u32, col: u32) -> u32 {
+    return block_draws(item, col / 4u)[col & 3u];
+}
+
+// Bernoulli(byte / 255) from the uniform's k: u < byte/255 ⇔ (2k + 1)·255 < byte·2²⁴, in
+// integers.
+fn byte_draw(byte: u32, k: u32) -> f32 {
+    return select(0.0, 1.0, (2u * k + 1u) * 255u < (byte << 24u));
+}
+
 fn binarized(byte: u32, item: u32, col: u32) -> f32 {
-    return select(0.0, 1.0, (2u * draw_k(item, col) + 1u) * 255u < (byte << 24u));
+    return byte_draw(byte, draw_k(item, col));
 }
 
 // Bernoulli(p): u < p ⇔ 2k + 1 < p·2²⁴, both sides exact in f32 (2k + 1 < 2²⁴).
@@ -96,12 +106,10 @@ fn gather_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let word = pixels[item * words + w];
     let base = row * params.dim + 4u * w;
     if (BINARIZE) {
-        // draw_k's words for columns 4w .. 4w+3, all from block w.
-        let ks = philox4x32_10(vec4<u32>(w, item, params.draw, 1u),
-                               vec2<u32>(params.seed_lo, params.seed_hi)) >> vec4<u32>(9u);
+        // Columns 4w .. 4w+3 all draw from block w.
+        let ks = block_draws(item, w);
         for (var j = 0u; j < 4u; j++) {
-            let byte = (word >> (8u * j)) & 0xffu;
-            out[base + j] = select(0.0, 1.0, (2u * ks[j] + 1u) * 255u < (byte << 24u));
+            out[base + j] = byte_draw((word >> (8u * j)) & 0xffu, ks[j]);
         }
     } else {
         for (var j = 0u; j < 4u; j++) {

@@ -113,11 +113,8 @@ impl<'g> Matmuls<'g> {
         if !variant.fits_blocks(cfg.layout, m, n, k, blocks) {
             variant = MatmulVariant::auto(gpu);
         }
-        let matmul = match self.compiled.entry((cfg, variant)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(Matmul::new(gpu, cfg, Some(variant))?),
-        };
-        matmul.bind_blocked(gpu, (m, n, k), abc, bias, aux, blocks)
+        self.compiled_matmul(cfg, variant)?
+            .bind_blocked(gpu, (m, n, k), abc, bias, aux, blocks)
     }
 
     /// Binds a [`MatmulConfig::reparam`] product ([`Matmul::bind_reparam`]).
@@ -132,11 +129,15 @@ impl<'g> Matmuls<'g> {
         let gpu = self.gpu;
         let (m, n, k) = (m as u32, n as u32, k as u32);
         let variant = self.variant(cfg.layout, m, n, k)?;
-        let matmul = match self.compiled.entry((cfg, variant)) {
+        self.compiled_matmul(cfg, variant)?
+            .bind_reparam(gpu, (m, n, k), ab, d, sample, None)
+    }
+
+    fn compiled_matmul(&mut self, cfg: MatmulConfig, variant: MatmulVariant) -> Result<&Matmul> {
+        Ok(match self.compiled.entry((cfg, variant)) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(Matmul::new(gpu, cfg, Some(variant))?),
-        };
-        matmul.bind_reparam(gpu, (m, n, k), ab, d, sample, None)
+            Entry::Vacant(e) => e.insert(Matmul::new(self.gpu, cfg, Some(variant))?),
+        })
     }
 
     /// The variant for an m×n×k product in `layout`: [`MatmulVariant::auto_for`] unless another
