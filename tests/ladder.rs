@@ -222,4 +222,14 @@ fn a_mismatched_or_aliased_buffer_is_an_error_that_names_it() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("mu_q") && e.contains("mu_hat"), "{e}");
+    // Two outputs may be disjoint ranges of one buffer (at 256-byte offsets), not overlapping
+    // ones.
+    let both = z("both", 72);
+    let (lo, hi, mid) = (both.slice(0, 8), both.slice(64, 8), both.slice(4, 8));
+    assert!(kernels.combine(gpu, 8, &ins, &lo, &hi).is_ok());
+    let e = kernels
+        .combine(gpu, 8, &ins, &lo, &mid)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("overlap"), "{e}");
 }

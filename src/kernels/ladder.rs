@@ -68,8 +68,9 @@ impl LadderKernels {
         })
     }
 
-    /// Checks `len` elements in every buffer, and that no output shares a buffer with another
-    /// binding.
+    /// Checks `len` elements in every buffer, that no output shares a buffer with an input (one
+    /// buffer cannot be bound read-only and read-write in a dispatch) and that outputs do not
+    /// overlap (they may be disjoint ranges of one buffer).
     fn check(
         &self,
         label: &str,
@@ -91,13 +92,22 @@ impl LadderKernels {
             .map(|&(n, v)| (n, v, len))
             .collect();
         check_lens(label, &all)?;
+        let error = |reason: String| GpuError::Shape {
+            kernel: label.into(),
+            reason,
+        };
         for (i, &(name, out)) in outputs.iter().enumerate() {
-            let mut others = ins.iter().chain(outputs.iter().take(i));
-            if let Some((other, _)) = others.find(|(_, v)| v.buffer == out.buffer) {
-                return Err(GpuError::Shape {
-                    kernel: label.into(),
-                    reason: format!("output `{name}` shares a buffer with `{other}`"),
-                });
+            if let Some((input, _)) = ins.iter().find(|(_, v)| v.buffer == out.buffer) {
+                return Err(error(format!(
+                    "output `{name}` shares a buffer with input `{input}`"
+                )));
+            }
+            let disjoint = |w: &View| out.offset + len <= w.offset || w.offset + len <= out.offset;
+            let overlapping = outputs[..i]
+                .iter()
+                .find(|(_, w)| w.buffer == out.buffer && !disjoint(w));
+            if let Some((other, _)) = overlapping {
+                return Err(error(format!("outputs `{name}` and `{other}` overlap")));
             }
         }
         Ok(())

@@ -813,22 +813,14 @@ impl TrainGraph {
         // The batch, repeated once per sample: the encoder reads the first copy, the loss all.
         let x_rep = scratch("x", rows * d)?;
         let x = x_rep.slice(0, (enc_rows * d) as u64);
-        // dμ and dlogσ² side by side, so the heads' backward runs as one product each way (the
-        // ladder's kernels write them as separate outputs).
+        // dμ and dlogσ² side by side, so the heads' backward runs as one product each way.
         let head_len = (enc_rows * l) as u64;
-        let (dmu, dlogvar) = if cfg.ladder {
-            (
-                scratch("dmu", enc_rows * l)?,
-                scratch("dlogvar", enc_rows * l)?,
-            )
-        } else {
-            let head_stride = head_len.next_multiple_of(crate::model::ALIGN as u64);
-            let d_heads = gpu.zeros("dmu+dlogvar", head_stride + head_len)?;
-            (
-                d_heads.slice(0, head_len),
-                d_heads.slice(head_stride, head_len),
-            )
-        };
+        let head_stride = head_len.next_multiple_of(crate::model::ALIGN as u64);
+        let d_heads = gpu.zeros("dmu+dlogvar", head_stride + head_len)?;
+        let (dmu, dlogvar) = (
+            d_heads.slice(0, head_len),
+            d_heads.slice(head_stride, head_len),
+        );
         let dz = scratch("dz", rows * l)?;
         let (d_dec, d_dec_logvar) = (
             scratch("d_dec", rows * d)?,
